@@ -1,0 +1,25 @@
+"""Data handling: the datalist format, splits, converters and synthetic phantoms."""
+
+from .datalist import (
+    IMAGE_KEY,
+    LABEL_KEY,
+    ROLES,
+    check_case_files,
+    load_datalist,
+    resolve_role,
+    save_datalist,
+    validate_datalist,
+)
+from .split import make_split
+
+__all__ = [
+    "IMAGE_KEY",
+    "LABEL_KEY",
+    "ROLES",
+    "check_case_files",
+    "load_datalist",
+    "make_split",
+    "resolve_role",
+    "save_datalist",
+    "validate_datalist",
+]

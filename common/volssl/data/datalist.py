@@ -1,0 +1,218 @@
+"""The volssl datalist: one JSON file that says which case plays which role.
+
+Format (a superset of the MSD ``dataset.json``)::
+
+    {
+      "name": "phantom",                       # optional, free text (MSD keys such as "modality" are kept)
+      "labels": {"0": "background", "1": "...", ...},   # class index (as a string) -> name
+      "spacing": [1.0, 1.0, 3.0],              # optional, mm, (x, y, z) of the NIfTI grid, where known
+      "dataset_dir": ".",                      # optional; folder the paths are relative to (see below)
+      "training":   [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, ...],   # labelled
+      "unlabeled":  [{"image": "imagesTr/b.nii.gz"}, ...],    # a label may be present; it is never read
+      "validation": [{"image": ..., "label": ...}, ...],
+      "test":       [{"image": ..., "label": ...}, ...]       # MSD's plain image strings are accepted too
+    }
+
+Paths are relative to ``dataset_dir``: the one given by the caller (the bundles' ``dataset_dir`` id) or else
+the datalist's ``"dataset_dir"`` key (itself relative to the datalist's folder) or else the datalist's folder.
+Absolute paths are used as they are. A case is identified by its image path: no image may appear in two roles,
+nor twice in one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ..io import VolsslInputError, check_same_grid, load_nifti
+
+__all__ = [
+    "IMAGE_KEY",
+    "LABEL_KEY",
+    "ROLES",
+    "LABELLED_ROLES",
+    "load_datalist",
+    "save_datalist",
+    "validate_datalist",
+    "resolve_role",
+    "dataset_dir_of",
+    "check_case_files",
+    "case_id",
+]
+
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+ROLES = ("training", "unlabeled", "validation", "test")
+LABELLED_ROLES = ("training", "validation")
+
+
+def case_id(path) -> str:
+    """The case name of an image path: its file name without ``.nii.gz``/``.nii``/``.h5``."""
+    name = Path(str(path)).name
+    for ext in (".nii.gz", ".nii", ".h5"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _normalise_entry(entry, where: str) -> dict:
+    if isinstance(entry, str):
+        return {IMAGE_KEY: entry}
+    if not isinstance(entry, Mapping) or IMAGE_KEY not in entry:
+        raise VolsslInputError(where, f"each entry must be an image path or a dict with an '{IMAGE_KEY}' key, got {entry!r}")
+    return dict(entry)
+
+
+def validate_datalist(datalist: Mapping, source="datalist", require=("training",)) -> dict:
+    """Check the datalist's structure and return a normalised copy.
+
+    Checks: it is a JSON object; ``labels`` (if present) maps integer strings to names and includes 0; each role is
+    a list; labelled roles (``training``, ``validation``) have a label for every case; each role in ``require`` is
+    non-empty; no image appears twice (in one role or across roles).
+
+    Raises:
+        VolsslInputError: naming ``source`` and the problem.
+    """
+    if not isinstance(datalist, Mapping):
+        raise VolsslInputError(source, f"a datalist must be a JSON object, got {type(datalist).__name__}")
+    out = dict(datalist)
+    labels = out.get("labels")
+    if labels is not None:
+        if not isinstance(labels, Mapping) or not labels:
+            raise VolsslInputError(source, "'labels' must map class indices to names, e.g. {\"0\": \"background\"}")
+        try:
+            idx = sorted(int(k) for k in labels)
+        except ValueError as err:
+            raise VolsslInputError(source, f"'labels' keys must be integers, got {list(labels)}") from err
+        if idx[0] != 0 or idx != list(range(len(idx))):
+            raise VolsslInputError(source, f"'labels' must be 0..C-1 with 0 the background, got {idx}")
+    spacing = out.get("spacing")
+    if spacing is not None and (len(spacing) != 3 or any(float(s) <= 0 for s in spacing)):
+        raise VolsslInputError(source, f"'spacing' must be three positive numbers (mm), got {spacing}")
+    seen: dict[str, str] = {}
+    for role in ROLES:
+        entries = out.get(role, [])
+        if not isinstance(entries, list):
+            raise VolsslInputError(source, f"'{role}' must be a list, got {type(entries).__name__}")
+        norm = [_normalise_entry(e, f"{source} [{role}]") for e in entries]
+        for e in norm:
+            if role in LABELLED_ROLES and not e.get(LABEL_KEY):
+                raise VolsslInputError(source, f"'{role}' case {e[IMAGE_KEY]} has no label")
+            key = os.path.normpath(str(e[IMAGE_KEY]))
+            if key in seen:
+                where = "twice in" if seen[key] == role else f"in both '{seen[key]}' and"
+                raise VolsslInputError(source, f"case {e[IMAGE_KEY]} appears {where} '{role}'")
+            seen[key] = role
+        out[role] = norm
+    for role in require:
+        if not out.get(role):
+            raise VolsslInputError(source, f"'{role}' is empty: the datalist has no {role} cases")
+    return out
+
+
+def load_datalist(path, require=("training",)) -> dict:
+    """Read and validate a datalist JSON file (see the module docstring for the format)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VolsslInputError(path, "datalist file not found")
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as err:
+        raise VolsslInputError(path, f"not valid JSON: {err}") from err
+    out = validate_datalist(raw, source=path, require=require)
+    out["_path"] = str(path.resolve())
+    return out
+
+
+def save_datalist(datalist: Mapping, path) -> Path:
+    """Validate and write a datalist as indented JSON (atomically: a temporary file, then a rename)."""
+    path = Path(path)
+    clean = {k: v for k, v in validate_datalist(datalist, source=path, require=()).items() if not k.startswith("_")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp_{path.name}")
+    with open(tmp, "w") as f:
+        json.dump(clean, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def dataset_dir_of(datalist: Mapping, dataset_dir=None) -> Path:
+    """The folder that the datalist's relative paths are relative to (see the module docstring)."""
+    if dataset_dir not in (None, ""):
+        return Path(dataset_dir)
+    base = Path(datalist.get("_path", ".")).parent if "_path" in datalist else Path(".")
+    return base / datalist["dataset_dir"] if datalist.get("dataset_dir") else base
+
+
+def resolve_role(datalist: Mapping, role: str, dataset_dir=None, check_exists: bool = True) -> list[dict]:
+    """The entries of ``role`` with their paths made absolute, ready for MONAI's ``Dataset``.
+
+    Raises:
+        VolsslInputError: unknown role, or (with ``check_exists``) a file that does not exist.
+    """
+    if role not in ROLES:
+        raise VolsslInputError(datalist.get("_path", "datalist"), f"unknown role '{role}', expected one of {ROLES}")
+    base = dataset_dir_of(datalist, dataset_dir)
+    out = []
+    for entry in datalist.get(role, []):
+        item = dict(entry) if isinstance(entry, Mapping) else {IMAGE_KEY: entry}
+        for key in (IMAGE_KEY, LABEL_KEY):
+            if item.get(key):
+                p = Path(item[key])
+                p = p if p.is_absolute() else base / p
+                if check_exists and not p.is_file():
+                    raise VolsslInputError(p, f"file not found (listed as '{key}' in '{role}' of {datalist.get('_path', 'the datalist')})")
+                item[key] = str(p.resolve()) if p.exists() else str(p)
+        out.append(item)
+    return out
+
+
+def check_case_files(image_path, label_path=None, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Load one case and check it: readable files, the same grid for image and label, integer label values in
+    ``0..num_classes-1``. Returns ``(image, label, affine)``.
+
+    Raises:
+        VolsslInputError: naming the file and the problem.
+    """
+    image, affine = load_nifti(image_path)
+    if label_path is None:
+        return image, None, affine
+    label, laffine = load_nifti(label_path)
+    check_same_grid(image_path, image.shape, affine, label_path, label.shape, laffine)
+    check_label_values(label, label_path, num_classes)
+    return image, label.astype(np.int16), affine
+
+
+def check_label_values(label: np.ndarray, path, num_classes: int | None = None) -> None:
+    """Raise when a label map holds non-integer values or values outside ``0..num_classes-1``."""
+    if not np.issubdtype(label.dtype, np.integer):
+        if not np.all(np.isfinite(label)) or not np.all(label == np.round(label)):
+            raise VolsslInputError(path, "label holds non-integer values")
+    values = np.unique(label)
+    if values.size and values.min() < 0:
+        raise VolsslInputError(path, f"label holds negative values {values[values < 0].tolist()}")
+    if num_classes is not None:
+        bad = values[values >= num_classes]
+        if bad.size:
+            raise VolsslInputError(
+                path, f"label values {bad.astype(int).tolist()} are outside the declared classes 0..{num_classes - 1}"
+            )
+
+
+def num_classes_of(datalist: Mapping) -> int | None:
+    """The number of classes (background included) declared by ``labels``, or ``None``."""
+    labels = datalist.get("labels")
+    return len(labels) if labels else None
+
+
+def iter_cases(datalist: Mapping, roles: Iterable[str] = ROLES, dataset_dir=None):
+    """Yield ``(role, entry)`` with absolute paths for every case of ``roles``."""
+    for role in roles:
+        for entry in resolve_role(datalist, role, dataset_dir):
+            yield role, entry

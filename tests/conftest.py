@@ -1,0 +1,35 @@
+"""Shared fixtures: where the real data sets live, and skips with a reason when they are absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def _shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data set '{name}' not found at {path} (the ../shared/data folder next to the project root)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hippocampus_dir() -> Path:
+    """MSD Task04 hippocampus folder (dataset.json, imagesTr, labelsTr)."""
+    return _shared("hippocampus")
+
+
+@pytest.fixture(scope="session")
+def acdc_dir() -> Path:
+    """SSL4MIS ACDC folder (volumes/*.h5, train/val/test.list)."""
+    return _shared("acdc")
+
+
+@pytest.fixture(scope="session")
+def la_dir() -> Path:
+    """UA-MT left-atrium folder, 2x downsampled (2018LA_Seg_Training Set/<id>/mri_norm2.h5, train/test.list)."""
+    return _shared("la_half")
