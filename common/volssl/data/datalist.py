@@ -42,6 +42,9 @@ __all__ = [
     "dataset_dir_of",
     "check_case_files",
     "case_id",
+    "load_role",
+    "load_images",
+    "inference_inputs",
 ]
 
 IMAGE_KEY = "image"
@@ -216,3 +219,47 @@ def iter_cases(datalist: Mapping, roles: Iterable[str] = ROLES, dataset_dir=None
     for role in roles:
         for entry in resolve_role(datalist, role, dataset_dir):
             yield role, entry
+
+
+def load_role(datalist_path, role: str, dataset_dir=None) -> list[dict]:
+    """Read a datalist file and return the entries of ``role`` with absolute paths (for bundle configs).
+
+    Raises:
+        VolsslInputError: bad datalist, missing files, or an empty role.
+    """
+    datalist = load_datalist(datalist_path, require=(role,))
+    return resolve_role(datalist, role, dataset_dir)
+
+
+def load_images(datalist_path, roles: Iterable[str] = ("training", "unlabeled"), dataset_dir=None) -> list[dict]:
+    """The images (no labels) of every case of ``roles``, as ``[{"image": path}, ...]``: the pretraining pool.
+
+    Raises:
+        VolsslInputError: bad datalist, missing files, or no case in any of ``roles``.
+    """
+    roles = tuple(roles)
+    datalist = load_datalist(datalist_path, require=())
+    images = [{IMAGE_KEY: e[IMAGE_KEY]} for role in roles for e in resolve_role(datalist, role, dataset_dir)]
+    if not images:
+        raise VolsslInputError(datalist_path, f"no case in {list(roles)}: nothing to pretrain on")
+    return images
+
+
+def inference_inputs(source, role: str = "test") -> list[dict]:
+    """The images to segment, as ``[{"image": path}, ...]``, from a datalist JSON (its ``role``), a folder (every
+    ``.nii``/``.nii.gz`` in it, sorted) or a single NIfTI file.
+
+    Raises:
+        VolsslInputError: a missing source, or a folder with no NIfTI file.
+    """
+    path = Path(source)
+    if path.suffix == ".json":
+        return [{IMAGE_KEY: e[IMAGE_KEY]} for e in load_role(path, role)]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
+        if not files:
+            raise VolsslInputError(path, "no .nii or .nii.gz file in this folder")
+        return [{IMAGE_KEY: str(p.resolve())} for p in files]
+    if path.is_file():
+        return [{IMAGE_KEY: str(path.resolve())}]
+    raise VolsslInputError(path, "input not found (expected a datalist .json, a folder of NIfTI files or a NIfTI file)")

@@ -1,0 +1,39 @@
+"""Networks shared by the bundles: PCL's 2D U-Net, its encoder, the projection head and encoder-only loading.
+
+- :class:`UNetEncoder2d`: 4 levels + centre block; ``forward`` returns the 5 level features, shallow to deep.
+- :class:`UNet2d`: encoder + decoder + 1x1 head, the fine-tuning (segmentation) network.
+- :class:`ProjectionHead`, :class:`PretrainNet2d`: the pretraining network (encoder + projection head).
+- :func:`load_encoder_weights`, :func:`with_encoder_weights`: copy a pretrained encoder into a network.
+"""
+
+from __future__ import annotations
+
+from .checkpoint import DEFAULT_STATE_KEYS, extract_state_dict, load_encoder_weights, with_encoder_weights
+from .heads import PretrainNet2d, ProjectionHead
+from .unet2d import (
+    UNET2D_DIVISOR,
+    ConvNormAct2d,
+    DoubleConv2d,
+    UNet2d,
+    UNetDecoder2d,
+    UNetEncoder2d,
+    UNetUpBlock2d,
+    init_kaiming_normal,
+)
+
+__all__ = [
+    "DEFAULT_STATE_KEYS",
+    "UNET2D_DIVISOR",
+    "ConvNormAct2d",
+    "DoubleConv2d",
+    "PretrainNet2d",
+    "ProjectionHead",
+    "UNet2d",
+    "UNetDecoder2d",
+    "UNetEncoder2d",
+    "UNetUpBlock2d",
+    "extract_state_dict",
+    "init_kaiming_normal",
+    "load_encoder_weights",
+    "with_encoder_weights",
+]

@@ -1,0 +1,155 @@
+"""Prepare the papers' data sets as volssl datalists, and check a datalist's files.
+
+Subcommands (a ``fire`` CLI; ``--help`` after a subcommand lists its arguments):
+
+- ``msd``: an MSD-style folder (``dataset.json`` + ``imagesTr``/``labelsTr``) -> a datalist that points at the
+  original files (nothing is copied), split into labelled / unlabelled / validation / test.
+- ``split``: the same as ``msd``, for any MSD-style folder.
+- ``acdc``: SSL4MIS ACDC h5 volumes -> NIfTI + ``datalist.json`` (the published val/test lists are kept; the training
+  list is split into labelled and unlabelled patients). The h5 files store no spacing: give it with ``--spacing``.
+- ``la``: UA-MT left-atrium h5 volumes -> NIfTI + ``datalist.json`` (test.list kept; validation, labelled and
+  unlabelled cases taken from train.list).
+- ``check``: validate a datalist and load every case, reporting all problems at once.
+
+Examples (from the project root; the data stay in ../shared/data, the outputs go wherever you say)::
+
+    python tools/prepare_data.py msd ../shared/data/hippocampus /tmp/hippo/datalist.json \\
+        --n_labeled 10 --n_val 20 --n_test 40 --seed 0
+    python tools/prepare_data.py split /data/Task04_Hippocampus /tmp/hippo/datalist_l5.json 5 20 40
+    python tools/prepare_data.py acdc ../shared/data/acdc /tmp/acdc_nifti --spacing 1.5625,1.5625,10 \\
+        --n_labeled_patients 7 --seed 0
+    python tools/prepare_data.py la ../shared/data/la_half /tmp/la_nifti --n_labeled 8 --n_val 8 --seed 0
+    python tools/prepare_data.py check /tmp/la_nifti/datalist.json
+
+Each command prints where it wrote the datalist and the number of cases of each role. Bad input ends with one line
+``error: <file>: <problem>`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import fire
+
+from volssl.data.converters import (
+    acdc_h5_to_nifti,
+    check_datalist,
+    la_h5_to_nifti,
+    msd_to_datalist,
+    role_counts,
+)
+from volssl.io import VolsslInputError
+
+
+def _report(what: str, path, counts: dict[str, int]) -> None:
+    roles = ", ".join(f"{role} {n}" for role, n in counts.items())
+    print(f"{what} {Path(path).resolve()}: {roles}")
+
+
+def msd(
+    msd_dir: str,
+    output: str,
+    n_labeled: int,
+    n_val: int,
+    n_test: int,
+    seed: int = 0,
+    n_unlabeled: int | None = None,
+    group_regex: str | None = None,
+    include_msd_test: bool = False,
+) -> None:
+    """Write a datalist for an MSD-style folder (no image is copied).
+
+    Args:
+        msd_dir: the folder holding ``dataset.json``.
+        output: the datalist JSON file to write.
+        n_labeled: labelled training cases.
+        n_val: validation cases.
+        n_test: test cases.
+        seed: split seed.
+        n_unlabeled: unlabelled cases (default: all the rest).
+        group_regex: keep cases whose names share this pattern's match in one role (e.g. ``patient\\d+``).
+        include_msd_test: add the MSD test images (unlabelled) to the unlabelled role.
+    """
+    datalist = msd_to_datalist(
+        msd_dir, output, n_labeled, n_val, n_test, seed, n_unlabeled, group_regex, include_msd_test
+    )
+    _report("wrote", output, role_counts(datalist))
+
+
+def acdc(
+    acdc_dir: str,
+    output_dir: str,
+    spacing,
+    n_labeled_patients: int = 7,
+    seed: int = 0,
+    limit: int | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Convert SSL4MIS ACDC h5 volumes to NIfTI and write ``<output_dir>/datalist.json``.
+
+    Args:
+        acdc_dir: the folder with ``volumes/`` and ``train.list``/``val.list``/``test.list``.
+        output_dir: where ``imagesTr/``, ``labelsTr/`` and ``datalist.json`` go.
+        spacing: voxel size x,y,z in mm (required: the h5 files store none), e.g. ``1.5625,1.5625,10``.
+        n_labeled_patients: labelled patients from train.list (both frames each).
+        seed: split seed.
+        limit: convert only the first ``limit`` patients of each role.
+        overwrite: rewrite files that already exist.
+    """
+    datalist = acdc_h5_to_nifti(acdc_dir, output_dir, spacing, n_labeled_patients, seed, limit, overwrite)
+    _report("wrote", Path(output_dir) / "datalist.json", role_counts(datalist))
+
+
+def la(
+    la_dir: str,
+    output_dir: str,
+    n_labeled: int = 8,
+    n_val: int = 8,
+    seed: int = 0,
+    spacing=None,
+    limit: int | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Convert UA-MT left-atrium h5 volumes to NIfTI and write ``<output_dir>/datalist.json``.
+
+    Args:
+        la_dir: the folder with ``2018LA_Seg_Training Set/``, ``train.list`` and ``test.list``.
+        output_dir: where ``imagesTr/``, ``labelsTr/`` and ``datalist.json`` go.
+        n_labeled: labelled cases from train.list.
+        n_val: validation cases from train.list.
+        seed: split seed.
+        spacing: x,y,z in mm for files without a ``spacing_mm`` attribute (full-resolution UA-MT: 0.625,0.625,0.625).
+        limit: convert only the first ``limit`` cases of each role.
+        overwrite: rewrite files that already exist.
+    """
+    datalist = la_h5_to_nifti(la_dir, output_dir, n_labeled, n_val, seed, spacing, limit, overwrite)
+    _report("wrote", Path(output_dir) / "datalist.json", role_counts(datalist))
+
+
+def check(datalist: str, dataset_dir: str | None = None) -> None:
+    """Validate a datalist and load every case (all problems are reported together).
+
+    Args:
+        datalist: the datalist JSON file.
+        dataset_dir: the folder the paths are relative to (default: from the datalist).
+    """
+    counts = check_datalist(datalist, dataset_dir)
+    _report("ok", datalist, counts)
+
+
+COMMANDS = {"msd": msd, "split": msd, "acdc": acdc, "la": la, "check": check}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 on bad input)."""
+    try:
+        fire.Fire(COMMANDS, command=argv, name="prepare_data.py")
+    except VolsslInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
