@@ -8,3 +8,6 @@ Sub-packages, one job each:
 """
 
 __version__ = "0.1.0"
+
+# bundle configs bind `$import volssl` and then reach `volssl.data...`, `volssl.networks...`: import them eagerly
+from . import data, engines, io, losses, metrics, networks  # noqa: E402,F401
