@@ -245,7 +245,7 @@ def test_two_views_differ_and_are_reproducible():
 
 def _epoch(ds, num_workers: int) -> list[torch.Tensor]:
     loader = DataLoader(ds, batch_size=5, shuffle=True, num_workers=num_workers)
-    return [torch.cat([b["image"].as_tensor(), b["image_2"].as_tensor()]) for b in loader]
+    return [torch.cat([torch.as_tensor(b["image"]), torch.as_tensor(b["image_2"])]) for b in loader]
 
 
 def test_set_determinism_reproduces_the_pipeline(volumes):

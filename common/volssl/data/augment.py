@@ -230,7 +230,9 @@ def pretrain_slice_transform(
     """
     keys = ensure_tuple(keys)
     view = pretrain_view_transform(patch_size=patch_size, keys=keys, **view_kwargs)
-    return Compose([TwoViewsd(keys, view_transform=view, suffix=suffix)])
+    # plain tensors out: the two views carry different transform metadata, which MONAI cannot collate into a batch
+    view_keys = list(keys) + [f"{k}{suffix}" for k in keys]
+    return Compose([TwoViewsd(keys, view_transform=view, suffix=suffix), EnsureTyped(view_keys, track_meta=False)])
 
 
 def finetune_train_transform(
