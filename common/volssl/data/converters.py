@@ -20,7 +20,6 @@ with SimpleITK's ``GetArrayFromImage``, which returns (z, y, x), so they are tra
 from __future__ import annotations
 
 import ast
-import json
 import os
 import re
 import warnings
@@ -38,6 +37,7 @@ from .datalist import (
     LABEL_KEY,
     ROLES,
     case_id,
+    read_json,
     check_case_files,
     check_label_values,
     load_datalist,
@@ -195,13 +195,7 @@ def _clean_rel(path: str) -> str:
 def _read_msd_index(msd_dir: Path) -> tuple[dict, list[dict], list[str]]:
     """Read ``dataset.json``: returns (the index, the training pairs, the MSD test images)."""
     index_path = msd_dir / "dataset.json"
-    if not index_path.is_file():
-        raise VolsslInputError(index_path, "MSD index file not found (expected an MSD-style folder)")
-    try:
-        with open(index_path) as f:
-            index = json.load(f)
-    except json.JSONDecodeError as err:
-        raise VolsslInputError(index_path, f"not valid JSON: {err}") from err
+    index = read_json(index_path, missing="MSD index file not found (expected an MSD-style folder)")
     training = index.get("training")
     if not isinstance(training, list) or not training:
         raise VolsslInputError(index_path, "'training' is missing or empty")

@@ -117,16 +117,26 @@ def validate_datalist(datalist: Mapping, source="datalist", require=("training",
     return out
 
 
+def read_json(path, missing: str = "file not found"):
+    """Read a JSON file; a missing file raises ``missing`` and bad JSON a parse error, both naming the file.
+
+    Raises:
+        VolsslInputError: missing file or invalid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VolsslInputError(path, missing)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise VolsslInputError(path, f"not valid JSON: {err}") from err
+
+
 def load_datalist(path, require=("training",)) -> dict:
     """Read and validate a datalist JSON file (see the module docstring for the format)."""
     path = Path(path)
-    if not path.is_file():
-        raise VolsslInputError(path, "datalist file not found")
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as err:
-        raise VolsslInputError(path, f"not valid JSON: {err}") from err
+    raw = read_json(path, missing="datalist file not found")
     out = validate_datalist(raw, source=path, require=require)
     out["_path"] = str(path.resolve())
     return out
