@@ -6,6 +6,7 @@ import csv
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
-__all__ = ["latest_checkpoint", "ResumeFromLatest", "LearningCurveWriter"]
+__all__ = ["latest_checkpoint", "BestModelSaver", "ResumeFromLatest", "LearningCurveWriter"]
 
 _EPOCH_RE = re.compile(r"epoch=(\d+)")
 
@@ -34,17 +35,57 @@ class ResumeFromLatest:
     ``load_dict`` names what to restore (network, optimizer, loss parameters, LR scheduler, trainer state); the trainer
     then continues from the saved epoch. Files are read with ``torch.load(weights_only=True)``. With ``enabled=False``
     or no checkpoint, the run starts from scratch (and says so in the log).
+
+    A resumed ``CheckpointSaver`` does not know the files of the interrupted run, so this handler also prunes, at each
+    epoch end, the interval checkpoints older than the newest one (``keep_only_latest``).
     """
 
-    def __init__(self, ckpt_dir, load_dict: Mapping, enabled: bool = True, map_location=None, strict: bool = True):
+    def __init__(
+        self,
+        ckpt_dir,
+        load_dict: Mapping,
+        enabled: bool = True,
+        map_location=None,
+        strict: bool = True,
+        keep_only_latest: bool = True,
+    ) -> None:
         self.ckpt_dir = ckpt_dir
+        self.keep_only_latest = keep_only_latest
         self.load_dict = dict(load_dict)
         self.enabled = enabled
         self.map_location = map_location
         self.strict = strict
         self.logger = logging.getLogger("volssl.resume")
 
+    def _prune(self, engine: Engine) -> None:
+        # registered after the CheckpointSaver: once this epoch's file exists, the earlier ones can go
+        newest = latest_checkpoint(self.ckpt_dir)
+        m = _EPOCH_RE.search(newest.name) if newest is not None else None
+        if m is None or int(m.group(1)) != engine.state.epoch:
+            return
+        for old in Path(self.ckpt_dir).glob("checkpoint_epoch=*.pt"):
+            if old != newest and _EPOCH_RE.search(old.name):
+                old.unlink(missing_ok=True)
+
+    def _set_aside(self) -> None:
+        """With resume disabled, move an earlier run's checkpoints into a dated subfolder instead of mixing them."""
+        old = sorted(Path(self.ckpt_dir).glob("checkpoint_epoch=*.pt"))
+        if not old:
+            return
+        aside = Path(self.ckpt_dir) / time.strftime("previous_%Y%m%d-%H%M%S")
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in old:
+            os.replace(path, aside / path.name)
+        self.logger.warning(f"resume disabled: moved {len(old)} earlier checkpoint(s) to {aside}")
+
     def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            self._set_aside()
+        if self.keep_only_latest:
+            # at STARTED every handler of the config is attached, so this one runs after the CheckpointSaver
+            engine.add_event_handler(
+                Events.STARTED, lambda e: e.add_event_handler(Events.EPOCH_COMPLETED, self._prune)
+            )
         path = latest_checkpoint(self.ckpt_dir) if self.enabled else None
         if path is None:
             self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: starting from scratch")
@@ -53,6 +94,63 @@ class ResumeFromLatest:
         CheckpointLoader(
             load_path=str(path), load_dict=self.load_dict, map_location=self.map_location, strict=self.strict
         ).attach(engine)
+
+
+class BestModelSaver:
+    """Save the network when the evaluator's key metric improves: ``save_path`` holds the network's plain state dict
+    (the model-zoo ``models/model.pt`` layout that ``CheckpointLoader``, ``ckpt_export`` and MONAI Label read).
+
+    Attach to the validation evaluator. The file is written atomically (temporary file + rename), so an interrupted
+    write never leaves a broken model. The best value and its epoch are state (``state_dict``/``load_state_dict``):
+    put this object in the resume checkpoint so that a resumed run does not replace a better model by a worse one.
+    Under ``torch.distributed`` only rank 0 writes.
+
+    Args:
+        save_path: the output file, e.g. ``models/model.pt``.
+        network: the network to save (a ``DistributedDataParallel`` wrapper is unwrapped).
+        metric_name: the key in ``evaluator.state.metrics`` to track.
+        mode: ``"max"`` (Dice) or ``"min"`` (a distance).
+    """
+
+    def __init__(self, save_path, network: torch.nn.Module, metric_name: str, mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.save_path = Path(save_path)
+        self.network = network
+        self.metric_name = metric_name
+        self.mode = mode
+        self.best_metric = -float("inf") if mode == "max" else float("inf")
+        self.best_epoch = -1
+        self.logger = logging.getLogger("volssl.best_model")
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _improved(self, value: float) -> bool:
+        return value > self.best_metric if self.mode == "max" else value < self.best_metric
+
+    def __call__(self, engine: Engine) -> None:
+        if self.metric_name not in engine.state.metrics:
+            raise KeyError(f"metric {self.metric_name!r} not computed by the evaluator: {sorted(engine.state.metrics)}")
+        value = float(engine.state.metrics[self.metric_name])
+        if value != value or not self._improved(value):  # NaN never counts as an improvement
+            return
+        self.best_metric, self.best_epoch = value, int(engine.state.epoch)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return
+        net = self.network.module if hasattr(self.network, "module") else self.network
+        self.save_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.save_path.with_name(f".tmp_{self.save_path.name}")
+        torch.save(net.state_dict(), tmp)
+        os.replace(tmp, self.save_path)
+        self.logger.info(f"epoch {self.best_epoch}: best {self.metric_name} {value:.4f}, saved {self.save_path}")
+
+    def state_dict(self) -> dict:
+        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.best_metric = float(state["best_metric"])
+        self.best_epoch = int(state["best_epoch"])
 
 
 class LearningCurveWriter:
@@ -94,8 +192,11 @@ class LearningCurveWriter:
     def _epoch_done(self, engine: Engine) -> None:
         row = {"epoch": float(engine.state.epoch)}
         row.update({f"train_{k}": v / max(self._count, 1) for k, v in self._sums.items()})
-        if self.evaluator is not None and self.evaluator.state.metrics:
-            row.update({f"val_{k}": float(v) for k, v in self.evaluator.state.metrics.items() if _is_number(v)})
+        # only the metrics of a validation run at this epoch (not stale ones from an earlier validation)
+        ran_now = self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch
+        if ran_now and self.evaluator.state.metrics:
+            metrics = {k: v for k, v in self.evaluator.state.metrics.items() if _is_number(v)}
+            row.update({(k if k.startswith("val_") else f"val_{k}"): float(v) for k, v in metrics.items()})
         self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
         self._sums, self._count = {}, 0
         self.write()

@@ -10,6 +10,7 @@ from .evaluate import (
     summarize,
     write_outputs,
 )
+from .report import evaluate_and_report
 from .segmentation import (
     ASD_DEFINITION,
     EMPTY_RULES,
@@ -31,6 +32,7 @@ __all__ = [
     "PooledSliceDice",
     "compute_case_metrics",
     "empty_rule",
+    "evaluate_and_report",
     "evaluate_case",
     "evaluate_folder",
     "find_prediction",

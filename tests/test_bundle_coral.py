@@ -1,0 +1,159 @@
+"""CORAL bundle smoke tests on tiny phantom data: the CLI from two working directories, resume, the MONAI bundle
+checks (verify_net_in_out, ckpt_export) and ConfigWorkflow (initialize, check_properties, run, finalize)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from bundle_helpers import BUNDLES, REPO_ROOT, config_list, make_tiny_dataset, run_bundle, write_overlay
+
+BUNDLE = BUNDLES / "coral_mri_segmentation"
+CONFIGS = BUNDLE / "configs"
+TINY = {
+    "features": 4,
+    "patch_size": [32, 32],
+    "num_workers": 0,
+    "pretrain_batch_size": 8,
+    "pretrain_epochs": 1,
+    "batch_size": 8,
+    "epochs": 2,
+    "learning_rate": 0.001,
+    "sw_batch_size": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny data set, a tiny overlay and a bundle root outside the repository, pretrained and fine-tuned once
+    with the CLI from an unrelated working directory."""
+    root = tmp_path_factory.mktemp("coral")
+    datalist = make_tiny_dataset(root / "data")
+    tiny = write_overlay(root / "tiny.json", TINY)
+    bundle_root = root / "bundle"
+    common = ["--bundle_root", str(bundle_root), "--dataset_dir", str(root / "data"),
+              "--logging_file", str(CONFIGS / "logging.conf")]
+    elsewhere = root / "cwd"
+    elsewhere.mkdir()
+    run_bundle(["run", "--config_file", config_list(CONFIGS / "pretrain.json", tiny), *common], cwd=elsewhere)
+    run_bundle(["run", "--config_file", config_list(CONFIGS / "train.json", tiny), *common], cwd=elsewhere)
+    return {"root": root, "datalist": datalist, "tiny": tiny, "bundle_root": bundle_root, "common": common}
+
+
+def test_pretrain_and_train_outputs(workspace):
+    models = workspace["bundle_root"] / "models"
+    pretrained = torch.load(models / "pretrain.pt", weights_only=True)
+    assert set(pretrained) == {"network", "loss"}
+    assert any(k.startswith("encoder.") for k in pretrained["network"])
+    # fine-tuning started from the pretrained encoder and saved a plain state dict selected on validation Dice
+    model = torch.load(models / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in model.values())
+    assert (models / "train_checkpoints").is_dir()
+    assert len(list((models / "train_checkpoints").glob("checkpoint_epoch=*.pt"))) == 1
+    curve = (workspace["bundle_root"] / "logs" / "train" / "train_curve.csv").read_text().splitlines()
+    assert curve[0].startswith("epoch") and "val_mean_dice" in curve[0] and len(curve) == 1 + TINY["epochs"]
+
+
+def test_train_loads_pretrained_encoder(workspace):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(workspace["tiny"])])
+    parser["bundle_root"] = str(workspace["bundle_root"])
+    parser["dataset_dir"] = str(workspace["root"] / "data")
+    net = parser.get_parsed_content("network")
+    pre = torch.load(workspace["bundle_root"] / "models" / "pretrain.pt", weights_only=True)["network"]
+    enc = {k: v for k, v in net.state_dict().items() if k.startswith("encoder.")}
+    assert enc and all(torch.equal(v.cpu(), pre[k]) for k, v in enc.items())
+    parser2 = ConfigParser()
+    parser2.read_config([str(CONFIGS / "train.json"), str(workspace["tiny"])])
+    parser2["bundle_root"] = str(workspace["bundle_root"])
+    parser2["load_pretrain"] = False
+    net2 = parser2.get_parsed_content("network")
+    assert not all(torch.equal(v, pre[k]) for k, v in net2.state_dict().items() if k.startswith("encoder."))
+
+
+def test_train_resumes_from_last_checkpoint(workspace):
+    """Asking for one more epoch continues from the saved epoch instead of starting again."""
+    proc = run_bundle(["run", "--config_file", config_list(CONFIGS / "train.json", workspace["tiny"]),
+                       *workspace["common"], "--epochs", str(TINY["epochs"] + 1)], cwd=workspace["root"])
+    out = proc.stdout + proc.stderr
+    assert "resuming from" in out and "checkpoint_epoch=2.pt" in out
+    assert f"Epoch[{TINY['epochs'] + 1}] Complete" in out and "Epoch[1] Complete" not in out
+    ckpts = sorted(p.name for p in (workspace["bundle_root"] / "models" / "train_checkpoints").glob("*.pt"))
+    assert ckpts == [f"checkpoint_epoch={TINY['epochs'] + 1}.pt"]
+
+
+def test_infer_and_evaluate_from_repo_root(workspace):
+    """Relative config paths from the repository root; NIfTI out on the input grid; metrics and overlay written."""
+    rel = [str((CONFIGS / name).relative_to(REPO_ROOT)) for name in ("inference.json", "evaluate.json")]
+    run_bundle(["run", "--config_file", config_list(*rel, workspace["tiny"]), *workspace["common"]], cwd=REPO_ROOT)
+    eval_dir = workspace["bundle_root"] / "eval"
+    preds = sorted((eval_dir / "predictions").glob("*_seg.nii.gz"))
+    test_cases = json.loads(workspace["datalist"].read_text())["test"]
+    assert len(preds) == len(test_cases)
+    for case in test_cases:
+        image = nib.load(workspace["root"] / "data" / case["image"])
+        name = Path(case["image"]).name.replace(".nii.gz", "_seg.nii.gz")
+        pred = nib.load(eval_dir / "predictions" / name)
+        assert pred.shape == image.shape
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2, 3}
+    summary = json.loads((eval_dir / "metrics_summary.json").read_text())
+    assert summary["role"] == "test" and summary["n_cases"] == len(test_cases)
+    assert (eval_dir / "overlay.png").stat().st_size > 1000
+
+
+def test_verify_net_in_out_and_ckpt_export(workspace):
+    run_bundle(["verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
+                "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(BUNDLE),
+                "--n", "2", "--any", "16", "--features", "4"], cwd=workspace["root"])
+    ts = workspace["root"] / "model.ts"
+    run_bundle(["ckpt_export", "network_def", "--filepath", str(ts),
+                "--ckpt_file", str(workspace["bundle_root"] / "models" / "model.pt"),
+                "--meta_file", str(CONFIGS / "metadata.json"),
+                "--config_file", config_list(CONFIGS / "inference.json", workspace["tiny"]),
+                "--bundle_root", str(workspace["bundle_root"])], cwd=workspace["root"])
+    scripted = torch.jit.load(str(ts))
+    from volssl.networks import UNet2d
+
+    net = UNet2d(1, 4, features=4)
+    net.load_state_dict(torch.load(workspace["bundle_root"] / "models" / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.randn(2, 1, 48, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+
+
+@pytest.mark.parametrize(
+    "files, workflow_type",
+    [(("train.json",), "train"), (("inference.json",), "infer"), (("pretrain.json",), None)],
+)
+def test_config_workflow(workspace, tmp_path, files, workflow_type):
+    from monai.bundle import ConfigWorkflow
+
+    config_files = [str(CONFIGS / f) for f in files] + [str(workspace["tiny"])]
+    bundle_root = tmp_path / "bundle"
+    (bundle_root / "models").mkdir(parents=True)
+    for name in ("pretrain.pt", "model.pt"):
+        (bundle_root / "models" / name).write_bytes((workspace["bundle_root"] / "models" / name).read_bytes())
+    workflow = ConfigWorkflow(
+        config_file=config_files, meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"), workflow_type=workflow_type,
+        bundle_root=str(bundle_root), dataset_dir=str(workspace["root"] / "data"), epochs=1, pretrain_epochs=1,
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
+    workflow.run()
+    workflow.finalize()
+    if workflow_type == "train":
+        assert (bundle_root / "models" / "train_checkpoints" / "checkpoint_epoch=1.pt").is_file()
+    elif workflow_type == "infer":
+        assert len(list((bundle_root / "eval").glob("*_seg.nii.gz"))) == 2
+    else:
+        assert (bundle_root / "models" / "pretrain_checkpoints" / "checkpoint_epoch=1.pt").is_file()
