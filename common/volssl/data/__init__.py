@@ -29,3 +29,11 @@ __all__ = [
     "save_datalist",
     "validate_datalist",
 ]
+
+from .pairs import SlicePairDataset  # noqa: E402
+
+__all__ += ["SlicePairDataset"]
+
+from .strong_aug import StrongView3d  # noqa: E402
+
+__all__ += ["StrongView3d"]

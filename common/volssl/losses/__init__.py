@@ -18,3 +18,11 @@ __all__ = [
     "RelationalRankLoss",
     "supcon_from_positives",
 ]
+
+from .alignment import GlobalPositionalLoss, LocalAlignmentLoss, SalLoss, windows_to_batch  # noqa: E402
+
+__all__ += ["GlobalPositionalLoss", "LocalAlignmentLoss", "SalLoss", "windows_to_batch"]
+
+from .crln import ConfidenceWeightedCELoss, CPSLoss, CRLNSupervisedLoss  # noqa: E402
+
+__all__ += ["CPSLoss", "CRLNSupervisedLoss", "ConfidenceWeightedCELoss"]

@@ -37,3 +37,21 @@ __all__ = [
     "load_encoder_weights",
     "with_encoder_weights",
 ]
+
+from .sal import PositionalHead, SalPretrainNet2d  # noqa: E402
+
+__all__ += ["PositionalHead", "SalPretrainNet2d"]
+
+from .crln import CRLNNet, RepresentationHead3d  # noqa: E402
+from .dim import DIMStage, DynamicInteractionModule  # noqa: E402
+from .vnet import VNET_DIVISOR, UNet3dCRLN, VNet  # noqa: E402
+
+__all__ += [
+    "CRLNNet",
+    "DIMStage",
+    "DynamicInteractionModule",
+    "RepresentationHead3d",
+    "UNet3dCRLN",
+    "VNET_DIVISOR",
+    "VNet",
+]

@@ -1,0 +1,341 @@
+"""Semi-supervised 3D segmentation steps (CRLN, mean teacher, supervised only), used as ``iteration_update`` of
+MONAI's ``SupervisedTrainer``, and the EMA-teacher helpers.
+
+EMA (mean teacher, as UA-MT) at global step ``t`` (Ignite's ``engine.state.iteration``, 1 at the first step)::
+
+    d_t = min(1 - 1 / (t + 1), max_decay)          (max_decay = 0.99)
+    theta_T <- d_t * theta_T + (1 - d_t) * theta_S  (parameters);  buffers (BN statistics) copied from the student
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from volssl.data.strong_aug import StrongView3d
+from volssl.losses.crln import ConfidenceWeightedCELoss, CPSLoss, CRLNSupervisedLoss, as_label_map
+
+__all__ = ["CRLN_MODES", "ema_decay", "ema_update_", "make_teacher", "CRLNStep"]
+
+CRLN_MODES = ("crln", "mean_teacher", "supervised")
+"""Modes of :class:`CRLNStep`."""
+
+
+def ema_decay(step: int, max_decay: float = 0.99) -> float:
+    """``min(1 - 1 / (step + 1), max_decay)``."""
+    return min(1.0 - 1.0 / (float(step) + 1.0), float(max_decay))
+
+
+@torch.no_grad()
+def ema_update_(teacher: nn.Module, student: nn.Module, step: int, max_decay: float = 0.99) -> float:
+    """In place: ``theta_T <- d theta_T + (1 - d) theta_S`` for every parameter, ``d = ema_decay(step, max_decay)``;
+    buffers (BatchNorm running statistics, counters) are copied from the student.
+
+    Returns:
+        the decay ``d`` used.
+
+    Raises:
+        ValueError: the two networks do not have the same parameter/buffer structure.
+    """
+    d = ema_decay(step, max_decay)
+    t_params, s_params = list(teacher.parameters()), list(student.parameters())
+    t_bufs, s_bufs = list(teacher.buffers()), list(student.buffers())
+    if len(t_params) != len(s_params) or len(t_bufs) != len(s_bufs):
+        raise ValueError("teacher and student differ in structure; build the teacher with make_teacher(student).")
+    for pt, ps in zip(t_params, s_params):
+        pt.mul_(d).add_(ps.detach(), alpha=1.0 - d)
+    for bt, bs in zip(t_bufs, s_bufs):
+        bt.copy_(bs)
+    return d
+
+
+def make_teacher(student: nn.Module) -> nn.Module:
+    """A deep copy of ``student`` in eval mode with ``requires_grad=False`` everywhere (the EMA teacher)."""
+    teacher = copy.deepcopy(student)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def _plain(x) -> torch.Tensor:
+    """A plain ``torch.Tensor`` (drops MONAI's MetaTensor wrapper, which only slows the maths down)."""
+    if hasattr(x, "as_tensor"):
+        return x.as_tensor()
+    return torch.as_tensor(x)
+
+
+def _cycle(loader: Iterable) -> Iterator:
+    """Endless iteration over ``loader``, restarting it (and so reshuffling a DataLoader) when it runs out."""
+    while True:
+        empty = True
+        for item in loader:
+            empty = False
+            yield item
+        if empty:
+            raise ValueError("the unlabelled loader is empty.")
+
+
+class CRLNStep:
+    """One training iteration of CRLN (arXiv 2502.11456), or of its baselines, for MONAI's ``SupervisedTrainer``.
+
+    Data: the trainer's data loader yields the **labelled** batches (dicts with ``image_key`` (B_l, C, H, W, D) and
+    ``label_key`` (B_l, 1, H, W, D)); the unlabelled images come from ``unlabeled_loader``, held by the step and
+    iterated endlessly (its items: dicts with ``image_key``, or plain tensors). With ``unlabeled_loader=None`` the
+    labelled batch itself must carry the unlabelled images under ``unlabeled_key`` (a combined loader). The
+    trainer's ``prepare_batch`` is not used. An epoch is the trainer's ``epoch_length`` iterations.
+
+    Modes:
+
+    - ``"crln"`` (``network`` a :class:`~volssl.networks.CRLNNet`): the teacher gives pseudo-labels on the
+      unlabelled batch from ``softmax(y_T)``, and from ``softmax(y_T + (1 - a_T) M_T)`` once
+      ``engine.state.epoch > rectify_after_epoch`` (``a_T`` is the teacher's own EMA copy of ``a``);
+      ``yhat = argmax``, ``c = max``. The strong view moves ``x_u``, ``yhat``, ``c`` together. Student forward on
+      ``[x_l, x_strong]`` in one batch::
+
+          L = L_sup(y_l, M_l, g) + unsup_weight * L_unsup(y_strong, yhat, c) + cps_weight * L_CPS
+
+      with L_sup = 0.5 [CE + Dice](y_l) + 0.5 [CE + Dice](M_l), L_unsup the confidence-weighted CE (weight per
+      sample: fraction of voxels with c >= ``conf_threshold``), L_CPS on the student's embeddings over labelled
+      voxels + unlabelled voxels with c >= ``cps_conf_threshold`` (student probabilities for hardness; the mean of
+      the teacher's updated prototypes on the unlabelled batch enters the positive key once
+      ``engine.state.epoch > prototype_after_epoch``). After the optimiser step, the scalar ``a`` gets its own step
+      on the labelled batch: ``0.5 [CE + Dice](y_l + (1 - a) M_l)`` with ``y_l, M_l`` detached (from the same
+      forward), SGD (momentum ``rectifier_momentum``) on ``a`` alone (:attr:`rectifier_optimizer`).
+    - ``"mean_teacher"`` (a plain segmentation network): pseudo-labels from ``softmax(y_T)``, the same strong view,
+      ``L = 0.5 [CE + Dice](y_l) + unsup_weight * L_unsup``.
+    - ``"supervised"``: ``L = 0.5 [CE + Dice](y_l)``; the unlabelled data are not read.
+
+    In every mode the EMA teacher is updated after the step (``ema_update_``, ``t = engine.state.iteration``); it
+    is :attr:`teacher` (eval mode, no gradients): put it (or this step, which has ``state_dict`` /
+    ``load_state_dict`` for the teacher and the rectifier optimiser) into the ``CheckpointSaver``'s ``save_dict``.
+    The trainer's optimiser may hold ``a`` as well: the main loss never gives ``a`` a gradient, so it leaves it alone.
+
+    Mixed precision follows ``engine.amp`` on CUDA only (autocast is off on CPU), with the engine's grad scaler;
+    the losses run in float32. Single-process: ``engine.network`` must be ``network`` (or wrap it).
+
+    Args:
+        network: the student (the trainer's network).
+        unlabeled_loader: iterable of unlabelled batches, or ``None`` (see above; unused in ``"supervised"``).
+        mode: one of :data:`CRLN_MODES`.
+        image_key: image key of the labelled batch and of the unlabelled loader's items.
+        label_key: label key of the labelled batch.
+        unlabeled_key: key of the unlabelled images in a combined batch (``unlabeled_loader=None``).
+        unsup_weight: weight of L_unsup (0.5).
+        cps_weight: ``lambda_cps`` (0.5 for LA).
+        rectify_after_epoch: rectified pseudo-labels when ``engine.state.epoch`` (1-based) exceeds it (3).
+        prototype_after_epoch: teacher prototypes in the CPS key after this epoch; ``None``: ``rectify_after_epoch``.
+        ema_max_decay: the EMA's ``max_decay`` (0.99).
+        strong_view: ``(x, yhat, c, generator=...) -> (x, yhat, c)``; ``None``: :class:`StrongView3d` defaults.
+        sup_loss: default :class:`CRLNSupervisedLoss` ``(weight=0.5)``.
+        unsup_loss: default :class:`ConfidenceWeightedCELoss` ``(threshold=0.97)``.
+        cps_loss: default :class:`CPSLoss` ``()`` (``xi=0.6``).
+        cps_conf_threshold: teacher confidence for an unlabelled voxel to be valid in CPS (0.7).
+        rectifier_lr: learning rate of ``a``'s step; ``None`` follows the trainer optimiser's current lr (first
+            param group), so that its schedule applies.
+        rectifier_momentum: SGD momentum of ``a``'s step.
+        generator: optional CPU ``torch.Generator`` for the strong view's parameters (and for CPS sampling when on
+            the same device); otherwise the global RNGs.
+
+    Returns (from ``__call__``): dict of detached 0-dim tensors ``loss``, ``sup``, ``unsup``, ``cps``, ``a`` (0 when the
+    network has no ``a``).
+
+    Raises:
+        ValueError: unknown mode; ``"crln"`` with a network lacking ``forward_train``/``a``; a baseline mode with a
+            CRLN network; no unlabelled source for a semi-supervised mode.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        unlabeled_loader: Iterable | None = None,
+        mode: str = "crln",
+        image_key: str = "image",
+        label_key: str = "label",
+        unlabeled_key: str = "image_u",
+        unsup_weight: float = 0.5,
+        cps_weight: float = 0.5,
+        rectify_after_epoch: int = 3,
+        prototype_after_epoch: int | None = None,
+        ema_max_decay: float = 0.99,
+        strong_view: Callable | None = None,
+        sup_loss: nn.Module | None = None,
+        unsup_loss: nn.Module | None = None,
+        cps_loss: nn.Module | None = None,
+        cps_conf_threshold: float = 0.7,
+        rectifier_lr: float | None = None,
+        rectifier_momentum: float = 0.9,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if mode not in CRLN_MODES:
+            raise ValueError(f"mode must be one of {CRLN_MODES}, got {mode!r}.")
+        is_crln_net = hasattr(network, "forward_train") and isinstance(getattr(network, "a", None), nn.Parameter)
+        if mode == "crln" and not is_crln_net:
+            raise ValueError(
+                f"mode 'crln' needs a CRLN network (forward_train and a parameter 'a'), got {type(network).__name__}."
+            )
+        if mode != "crln" and hasattr(network, "forward_train"):
+            raise ValueError(
+                f"mode {mode!r} trains a plain segmentation network; pass the backbone (e.g. VNet), not "
+                f"{type(network).__name__}, whose untrained rectifier would spoil its forward()."
+            )
+        self.student = network
+        self.mode = mode
+        self.unlabeled_loader = unlabeled_loader
+        self.image_key = image_key
+        self.label_key = label_key
+        self.unlabeled_key = unlabeled_key
+        self.unsup_weight = float(unsup_weight)
+        self.cps_weight = float(cps_weight)
+        self.rectify_after_epoch = int(rectify_after_epoch)
+        self.prototype_after_epoch = (
+            self.rectify_after_epoch if prototype_after_epoch is None else int(prototype_after_epoch)
+        )
+        self.ema_max_decay = float(ema_max_decay)
+        self.strong_view = StrongView3d() if strong_view is None else strong_view
+        self.sup_loss = CRLNSupervisedLoss(weight=0.5) if sup_loss is None else sup_loss
+        self.unsup_loss = ConfidenceWeightedCELoss(threshold=0.97) if unsup_loss is None else unsup_loss
+        self.cps_loss = CPSLoss() if cps_loss is None else cps_loss
+        self.cps_conf_threshold = float(cps_conf_threshold)
+        self.rectifier_lr = rectifier_lr
+        self.generator = generator
+        self.teacher = make_teacher(network)
+        self.rectifier_optimizer: torch.optim.Optimizer | None = None
+        if mode == "crln":
+            lr = 0.0 if rectifier_lr is None else float(rectifier_lr)
+            self.rectifier_optimizer = torch.optim.SGD([network.a], lr=lr, momentum=rectifier_momentum)
+        self._unlabeled_iter: Iterator | None = None
+
+    # -- checkpointing ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """``{"teacher": ..., "rectifier_optimizer": ...}`` (the latter only in ``"crln"`` mode)."""
+        state = {"teacher": self.teacher.state_dict()}
+        if self.rectifier_optimizer is not None:
+            state["rectifier_optimizer"] = self.rectifier_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        if self.rectifier_optimizer is not None and "rectifier_optimizer" in state:
+            self.rectifier_optimizer.load_state_dict(state["rectifier_optimizer"])
+
+    # -- helpers -----------------------------------------------------------------------------------------------------
+    def _unlabeled(self, batchdata: dict) -> torch.Tensor:
+        if self.unlabeled_loader is None:
+            if self.unlabeled_key not in batchdata:
+                raise ValueError(
+                    f"mode {self.mode!r} needs unlabelled images: give CRLNStep an unlabeled_loader, or put them into "
+                    f"the batch under {self.unlabeled_key!r}."
+                )
+            return _plain(batchdata[self.unlabeled_key])
+        if self._unlabeled_iter is None:
+            self._unlabeled_iter = _cycle(self.unlabeled_loader)
+        item = next(self._unlabeled_iter)
+        if isinstance(item, dict):
+            return _plain(item[self.image_key])
+        return _plain(item)
+
+    def _generator_on(self, device: torch.device) -> torch.Generator | None:
+        g = self.generator
+        return g if g is not None and g.device.type == device.type else None
+
+    def _check_engine(self, engine) -> None:
+        net = engine.network
+        if net is not self.student and all(getattr(net, n, None) is not self.student for n in ("module", "_orig_mod")):
+            raise ValueError("engine.network is not the network given to CRLNStep (nor a wrapper of it).")
+
+    def _rectifier_step(self, engine, logits: torch.Tensor, rect_map: torch.Tensor, target: torch.Tensor) -> None:
+        """Fit ``a`` alone on ``0.5 [CE + Dice](y + (1 - a) M)``, ``y`` and ``M`` detached."""
+        opt = self.rectifier_optimizer
+        a = self.student.a
+        if self.rectifier_lr is None:
+            for group in opt.param_groups:
+                group["lr"] = engine.optimizer.param_groups[0]["lr"]
+        with torch.enable_grad():
+            loss_a = self.sup_loss(self.student.rectify(logits, rect_map), target)
+            (grad,) = torch.autograd.grad(loss_a, [a])
+        a.grad = grad
+        opt.step()
+        a.grad = None  # keep the trainer's optimiser (which may hold ``a``) from seeing this gradient
+
+    # -- the iteration -----------------------------------------------------------------------------------------------
+    def __call__(self, engine, batchdata: dict) -> dict[str, torch.Tensor]:
+        self._check_engine(engine)
+        device = engine.state.device
+        nb = engine.non_blocking
+        epoch = int(engine.state.epoch)
+        x_l = _plain(batchdata[self.image_key]).to(device=device, non_blocking=nb)
+        g = as_label_map(_plain(batchdata[self.label_key])).to(device=device, non_blocking=nb)
+        use_amp = bool(engine.amp) and device.type == "cuda"
+        amp_kwargs = getattr(engine, "amp_kwargs", None) or {}
+        student, teacher = self.student, self.teacher
+        crln = self.mode == "crln"
+
+        student.train()
+        teacher.eval()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        zero = torch.zeros((), device=device)
+        unsup, cps = zero, zero
+        rect_map_l: torch.Tensor | None = None
+        if self.mode == "supervised":
+            with torch.autocast(device.type, enabled=use_amp, **amp_kwargs):
+                y_l = student(x_l)
+            sup = self.sup_loss(y_l.float(), g)
+            loss = sup
+        else:
+            x_u = self._unlabeled(batchdata).to(device=device, non_blocking=nb)
+            with torch.no_grad(), torch.autocast(device.type, enabled=use_amp, **amp_kwargs):
+                if crln:
+                    out_t = teacher.forward_train(x_u)
+                    logits_t = out_t["rectified"] if epoch > self.rectify_after_epoch else out_t["logits"]
+                else:
+                    out_t = {}
+                    logits_t = teacher(x_u)
+                conf, pseudo = torch.softmax(logits_t.float(), dim=1).max(dim=1)  # (B_u, *S) each
+            x_s, y_s, c_s = self.strong_view(x_u, pseudo, conf, generator=self.generator)
+            n_l = x_l.shape[0]
+            x_all = torch.cat([x_l, x_s.to(x_l.dtype)], dim=0)
+            with torch.autocast(device.type, enabled=use_amp, **amp_kwargs):
+                out = student.forward_train(x_all) if crln else {"logits": student(x_all)}
+            logits = out["logits"].float()
+            y_l, y_u = logits[:n_l], logits[n_l:]
+            if crln:
+                rect_map_l = out["rect_map"][:n_l].float()
+            sup = self.sup_loss(y_l, g, rect_map_l)
+            unsup = self.unsup_loss(y_u, y_s, c_s)
+            loss = sup + self.unsup_weight * unsup
+            if crln:
+                labels = torch.cat([g, y_s.long()], dim=0)
+                valid = torch.cat([torch.ones_like(g, dtype=torch.bool), c_s >= self.cps_conf_threshold], dim=0)
+                probs = torch.softmax(logits.detach(), dim=1)
+                protos = None
+                if epoch > self.prototype_after_epoch:
+                    protos = out_t["prototypes"].float().mean(dim=(0, 2))  # (n, E): mean over batch and K
+                cps = self.cps_loss(
+                    out["embedding"].float(), labels, valid, probs, protos, generator=self._generator_on(device)
+                )
+                loss = loss + self.cps_weight * cps
+
+        scaler = getattr(engine, "scaler", None)
+        if use_amp and scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(engine.optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            engine.optimizer.step()
+
+        if crln and rect_map_l is not None:
+            self._rectifier_step(engine, y_l.detach(), rect_map_l.detach(), g)
+        ema_update_(teacher, student, int(engine.state.iteration), self.ema_max_decay)
+
+        a = getattr(student, "a", None)
+        return {
+            "loss": loss.detach(),
+            "sup": sup.detach(),
+            "unsup": unsup.detach(),
+            "cps": cps.detach(),
+            "a": a.detach().clone() if isinstance(a, torch.Tensor) else zero,
+        }
