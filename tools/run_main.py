@@ -1,15 +1,20 @@
-"""The main job on the default data: phantoms -> datalist split -> checks -> baseline segmentation -> evaluation.
+"""The main job on the default data: phantoms -> split -> checks -> a method end to end -> evaluation -> figures.
 
-    python tools/run_main.py [--output_dir runs/main] [--data_dir data/phantom] [--n 20] [--n_labeled 2] [--seed 0]
+    python tools/run_main.py [--method coral] [--output_dir runs/main] [--data_dir data/phantom] [--n 20]
+                             [--n_labeled 2] [--seed 0] [--pretrain_epochs 4] [--epochs 40]
 
-At this stage (foundation) the segmentation step is a deliberately simple reference, not a method: a nearest-mean
-intensity classifier fitted on the labelled volumes (z-scored intensities, one mean per class). It exercises the data
-pipeline and the evaluation end to end and gives the floor any learned method must beat. The method bundles
-(CORAL, SAL, CRLN) replace it as they land.
+``--method coral`` (default) runs the CORAL bundle with its CPU-sized overlay through the same commands a user types
+(``python -m monai.bundle run ...``, printed as they run): pretraining on the unlabelled pool, fine-tuning with the 2
+labelled volumes (best checkpoint by validation Dice), inference on the test set, evaluation and an overlay PNG.
+``--method reference`` runs the nearest-mean intensity classifier instead (z-scored intensities, one mean per class,
+fitted on the labelled volumes): no learning, the floor any method must beat, in seconds.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +26,7 @@ from volssl.data.converters import check_datalist, msd_to_datalist
 from volssl.data.datalist import case_id
 from volssl.data.phantom import write_phantom_dataset
 from volssl.io import load_nifti, save_nifti
-from volssl.metrics import evaluate_folder, format_summary
+from volssl.metrics import evaluate_folder, find_prediction, format_summary
 from volssl.viz import plot_overlay
 
 
@@ -47,7 +52,53 @@ def predict_nearest_mean(image: np.ndarray, means: np.ndarray) -> np.ndarray:
     return np.argmin(np.abs(_zscore(image)[..., None] - means), axis=-1).astype(np.uint8)
 
 
+BUNDLES = {"coral": "coral_mri_segmentation"}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def bundle_run(configs: list[Path], bundle_root: Path, dataset_dir: Path, log: Path, **overrides) -> None:
+    """``python -m monai.bundle run`` with the bundle's logging config; the full log goes to ``log``."""
+    config_arg = "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    args = ["-m", "monai.bundle", "run", "--config_file", config_arg, "--bundle_root", str(bundle_root),
+            "--dataset_dir", str(dataset_dir), "--logging_file", str(configs[0].parent / "logging.conf")]
+    args += [a for k, v in overrides.items() for a in (f"--{k}", json.dumps(v))]
+    print("      $ python " + " ".join(args), flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, *args], stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed (exit {proc.returncode}); the last lines of {log}:\n{log.read_text()[-3000:]}")
+    print(f"      done in {time.time() - start:.0f} s, log {log}", flush=True)
+
+
+def run_reference(datalist: Path, pred_dir: Path, num_classes: int) -> None:
+    means = fit_nearest_mean(load_role(datalist, "training"), num_classes)
+    for case in load_role(datalist, "test"):
+        image, affine = load_nifti(case["image"])
+        save_nifti(predict_nearest_mean(image, means), affine, pred_dir / f"{case_id(case['image'])}_seg.nii.gz")
+
+
+def run_bundle_method(method: str, datalist: Path, out: Path, pretrain_epochs: int, epochs: int, seed: int) -> Path:
+    """Pretrain + fine-tune + infer with a slice-pretraining bundle; returns the prediction folder."""
+    configs = REPO_ROOT / "bundles" / BUNDLES[method] / "configs"
+    root = out / "bundle"
+    data = datalist.parent
+    common = {"datalist": str(datalist), "seed": seed}
+    print(f"  [a] {method} pretraining on the unlabelled pool ({pretrain_epochs} epochs)")
+    bundle_run([configs / "pretrain.json", configs / "cpu_small.json"], root, data, out / "logs" / "pretrain.log",
+               pretrain_epochs=pretrain_epochs, resume=False, **common)
+    print(f"  [b] fine-tuning with the labelled volumes ({epochs} epochs, best checkpoint by validation Dice)")
+    bundle_run([configs / "train.json", configs / "cpu_small.json"], root, data, out / "logs" / "train.log",
+               epochs=epochs, resume=False, **common)
+    print("  [c] inference on the test set")
+    bundle_run([configs / "inference.json", configs / "cpu_small.json"], root, data, out / "logs" / "infer.log",
+               output_dir=str(out / "predictions"), datalist=str(datalist))
+    return out / "predictions"
+
+
 def main(
+    method: str = "coral",
     output_dir: str = "runs/main",
     data_dir: str = "data/phantom",
     n: int = 20,
@@ -55,10 +106,15 @@ def main(
     n_val: int = 3,
     n_test: int = 5,
     seed: int = 0,
+    pretrain_epochs: int = 4,
+    epochs: int = 40,
 ) -> None:
     """Run the main job and print where the predictions, metrics and figures are."""
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen, also when piped
+    if method not in ("reference", *BUNDLES):
+        raise SystemExit(f"unknown method {method!r}: choose one of {['reference', *BUNDLES]}")
     start = time.time()
-    out, data = Path(output_dir), Path(data_dir)
+    out, data = Path(output_dir).resolve(), Path(data_dir).resolve()
     print(f"[1/5] default data: {n} synthetic phantoms in {data}")
     write_phantom_dataset(data, n=n, seed=seed)
     datalist = data / "datalist.json"
@@ -66,29 +122,31 @@ def main(
     msd_to_datalist(data, datalist, n_labeled=n_labeled, n_val=n_val, n_test=n_test, seed=seed)
     print("[3/5] checking every case (files, grids, label values)")
     check_datalist(datalist, progress=False)
-    print("[4/5] reference segmentation: nearest-mean intensity classifier fitted on the labelled volumes")
-    train = load_role(datalist, "training")
     num_classes = 4
-    means = fit_nearest_mean(train, num_classes)
     pred_dir = out / "predictions"
-    test = load_role(datalist, "test")
-    for case in test:
-        image, affine = load_nifti(case["image"])
-        save_nifti(predict_nearest_mean(image, means), affine, pred_dir / f"{case_id(case['image'])}_seg.nii.gz")
-    print("[5/5] evaluation of the test set")
+    if method == "reference":
+        print("[4/5] reference segmentation: nearest-mean intensity classifier fitted on the labelled volumes")
+        run_reference(datalist, pred_dir, num_classes)
+    else:
+        print(f"[4/5] {method.upper()} end to end with the bundle (CPU-sized overlay cpu_small.json)")
+        pred_dir = run_bundle_method(method, datalist, out, pretrain_epochs, epochs, seed)
+    print("[5/5] evaluation of the test set (per-volume 3D metrics)")
     summary = evaluate_folder(datalist, pred_dir, role="test", output_dir=out / "metrics", progress=False)
     print(format_summary(summary))
-    first = test[0]
+    first = load_role(datalist, "test")[0]
     image, _ = load_nifti(first["image"])
     label, _ = load_nifti(first["label"])
-    pred, _ = load_nifti(pred_dir / f"{case_id(first['image'])}_seg.nii.gz")
-    figure = plot_overlay(image, label, pred, out / "figures" / "overlay.png", title=f"{case_id(first['image'])}: "
-                          "nearest-mean reference segmentation")
+    pred, _ = load_nifti(find_prediction(pred_dir, case_id(first["image"])))
+    title = f"{case_id(first['image'])}: {method} ({n_labeled} labelled volumes)"
+    figure = plot_overlay(image, label, pred, out / "figures" / "overlay.png", title=title)
     print(f"\ndone in {time.time() - start:.1f} s")
-    print(f"  datalist:    {datalist.resolve()}")
-    print(f"  predictions: {pred_dir.resolve()}")
-    print(f"  metrics:     {(out / 'metrics').resolve()}")
+    print(f"  datalist:    {datalist}")
+    print(f"  predictions: {pred_dir}")
+    print(f"  metrics:     {out / 'metrics'}")
     print(f"  figure:      {figure.resolve()}")
+    if method != "reference":
+        print(f"  model:       {out / 'bundle' / 'models' / 'model.pt'}")
+        print(f"  curves:      {out / 'bundle' / 'logs'} (train/train_curve.png, pretrain/pretrain_curve.png, TensorBoard)")
 
 
 if __name__ == "__main__":
