@@ -44,3 +44,15 @@ def run_bundle(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Com
         tail = (proc.stdout + proc.stderr)[-6000:]
         raise AssertionError(f"monai.bundle {args[0]} failed (exit {proc.returncode}) in {cwd}:\n{tail}")
     return proc
+
+
+def run_torchrun(args: list[str], cwd: Path, nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node <nproc> -m monai.bundle <args>`` (gloo on CPU); raises with the output tail."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "monai.bundle", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-6000:]
+        raise AssertionError(f"torchrun monai.bundle {args[0]} failed (exit {proc.returncode}) in {cwd}:\n{tail}")
+    return proc

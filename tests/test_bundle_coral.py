@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_helpers import BUNDLES, REPO_ROOT, config_list, make_tiny_dataset, run_bundle, write_overlay
+from bundle_helpers import BUNDLES, REPO_ROOT, config_list, make_tiny_dataset, run_bundle, run_torchrun, write_overlay
 
 BUNDLE = BUNDLES / "coral_mri_segmentation"
 CONFIGS = BUNDLE / "configs"
@@ -157,3 +157,22 @@ def test_config_workflow(workspace, tmp_path, files, workflow_type):
         assert len(list((bundle_root / "eval").glob("*_seg.nii.gz"))) == 2
     else:
         assert (bundle_root / "models" / "pretrain_checkpoints" / "checkpoint_epoch=1.pt").is_file()
+
+
+def test_ddp_pretrain_and_train_with_torchrun(workspace, tmp_path):
+    """The multi-GPU overlays run under torchrun (2 CPU processes, gloo here; NCCL on GPUs) and write unwrapped
+    state dicts (no ``module.`` prefix) that the single-process configs read."""
+    common = ["--bundle_root", str(tmp_path), "--dataset_dir", str(workspace["root"] / "data"),
+              "--logging_file", str(CONFIGS / "logging.conf")]
+    run_torchrun(["run", "--config_file", config_list(CONFIGS / "pretrain.json", CONFIGS / "multi_gpu_pretrain.json",
+                                                       workspace["tiny"]), *common], cwd=tmp_path)
+    run_torchrun(["run", "--config_file", config_list(CONFIGS / "train.json", CONFIGS / "multi_gpu_train.json",
+                                                       workspace["tiny"]), *common], cwd=tmp_path)
+    pretrained = torch.load(tmp_path / "models" / "pretrain.pt", weights_only=True)
+    assert "ordinal.direction" in pretrained["loss"]
+    model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in model)
+    from volssl.networks import UNet2d
+
+    UNet2d(1, 4, features=TINY["features"]).load_state_dict(model)
+    assert (tmp_path / "logs" / "train" / "train_curve.csv").is_file()

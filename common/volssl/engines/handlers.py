@@ -64,7 +64,7 @@ class ResumeFromLatest:
         if m is None or int(m.group(1)) != engine.state.epoch:
             return
         for old in Path(self.ckpt_dir).glob("checkpoint_epoch=*.pt"):
-            if old != newest and _EPOCH_RE.search(old.name):
+            if old != newest and _EPOCH_RE.search(old.name) and _rank() == 0:
                 old.unlink(missing_ok=True)
 
     def _set_aside(self) -> None:
@@ -136,7 +136,7 @@ class BestModelSaver:
         if value != value or not self._improved(value):  # NaN never counts as an improvement
             return
         self.best_metric, self.best_epoch = value, int(engine.state.epoch)
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        if _rank() > 0:
             return
         net = self.network.module if hasattr(self.network, "module") else self.network
         self.save_path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,6 +202,8 @@ class LearningCurveWriter:
         self.write()
 
     def write(self) -> None:
+        if _rank() > 0:  # under torch.distributed every rank records, rank 0 writes
+            return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         keys = sorted({k for r in self.rows for k in r}, key=lambda k: (k != "epoch", k))
         tmp = self.output_dir / f".tmp_{self.name}.csv"
@@ -213,6 +215,11 @@ class LearningCurveWriter:
         from ..viz import plot_learning_curves
 
         plot_learning_curves(self.rows, self.output_dir / f"{self.name}.png")
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _is_number(value) -> bool:

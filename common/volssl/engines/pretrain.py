@@ -54,7 +54,9 @@ class TwoViewContrastiveStep:
         else:
             loss.backward()
             engine.optimizer.step()
-        terms = getattr(engine.loss_function, "last_terms", None) or {}
+        # a DistributedDataParallel-wrapped loss (its OAL direction is a parameter) keeps the terms on .module
+        loss_module = getattr(engine.loss_function, "module", engine.loss_function)
+        terms = getattr(loss_module, "last_terms", None) or {}
         out = {"loss": loss.detach()}
         out.update({name: float(value) for name, value in terms.items()})
         return out
