@@ -35,7 +35,7 @@ def config_list(*files) -> str:
 
 def run_bundle(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m monai.bundle <args>`` in ``cwd``; raises with the output tail when it fails."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     proc = subprocess.run(
         [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=timeout,

@@ -162,3 +162,4 @@ def test_save_datalist_refuses_invalid_and_keeps_previous_file(tmp_path):
     with pytest.raises(VolsslInputError):
         save_datalist(dict(_datalist(), unlabeled=[{"image": "imagesTr/a.nii.gz"}]), path)
     assert path.read_text() == before
+

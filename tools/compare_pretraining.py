@@ -83,7 +83,8 @@ def run(
         finetune_bundle: the bundle whose ``train.json``/``inference.json``/``evaluate.json`` fine-tune and score.
         overlay: a config file name in each bundle's ``configs/`` merged after the main one (``None``: none).
         overrides: config values for every step (e.g. ``{'num_classes': 3, 'patch_size': [48, 64]}``).
-        pretrain_overrides: extra config values for the pretraining steps only.
+        pretrain_overrides: extra config values for the pretraining steps only: one dict for every method, or
+            ``{method: dict}`` per method (e.g. a patch whose bottleneck suits SAL's window).
         seeds: fine-tuning seeds (default ``[0, 1, 2]``); pretraining uses the first.
         include_random: add the random-initialisation arm.
     """
@@ -112,8 +113,10 @@ def run(
             continue
         print(f"[{name}] pretraining on the unlabelled pool")
         pre_extra = [configs / overlay] if overlay else []
+        per_method = pretrain_overrides and set(pretrain_overrides) <= set(methods)
+        method_overrides = pretrain_overrides.get(name, {}) if per_method else pretrain_overrides
         _bundle_run([configs / "pretrain.json", *pre_extra], root, dataset_dir,
-                    {**overrides, **pretrain_overrides, "seed": seeds[0], "datalist": str(datalist)},
+                    {**overrides, **method_overrides, "seed": seeds[0], "datalist": str(datalist)},
                     root / "pretrain.log")
     if include_random:
         checkpoints[RANDOM_ARM] = None

@@ -67,6 +67,19 @@ class ResumeFromLatest:
             if old != newest and _EPOCH_RE.search(old.name) and _rank() == 0:
                 old.unlink(missing_ok=True)
 
+    def _newest_readable(self) -> Path | None:
+        """The newest interval checkpoint that loads; a file cut short by an interruption during its write (MONAI's
+        saver does not write atomically) is moved aside with a warning, and the previous one is used."""
+        while (path := latest_checkpoint(self.ckpt_dir)) is not None:
+            try:
+                torch.load(path, map_location="cpu", weights_only=True)
+                return path
+            except Exception as err:  # noqa: BLE001 - any unreadable file is treated the same way
+                broken = path.with_name(f"{path.name}.unreadable")
+                os.replace(path, broken)
+                self.logger.warning(f"{path} cannot be read ({type(err).__name__}: {err}); moved to {broken}")
+        return None
+
     def _set_aside(self) -> None:
         """With resume disabled, move an earlier run's checkpoints into a dated subfolder instead of mixing them."""
         old = sorted(Path(self.ckpt_dir).glob("checkpoint_epoch=*.pt"))
@@ -86,7 +99,7 @@ class ResumeFromLatest:
             engine.add_event_handler(
                 Events.STARTED, lambda e: e.add_event_handler(Events.EPOCH_COMPLETED, self._prune)
             )
-        path = latest_checkpoint(self.ckpt_dir) if self.enabled else None
+        path = self._newest_readable() if self.enabled else None
         if path is None:
             self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: starting from scratch")
             return

@@ -1,0 +1,238 @@
+"""SAL bundle smoke tests on tiny phantom data: the CLI from two working directories, the MONAI bundle checks
+(verify_net_in_out, ckpt_export), ConfigWorkflow (initialize, check_properties, run, finalize; pretraining resumed
+from a checkpoint), and the rule that fine-tuning, inference and evaluation stay identical to the CORAL bundle's."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from bundle_helpers import BUNDLES, REPO_ROOT, config_list, make_tiny_dataset, run_bundle, run_torchrun, write_overlay
+
+BUNDLE = BUNDLES / "sal_mri_segmentation"
+CONFIGS = BUNDLE / "configs"
+CORAL_CONFIGS = BUNDLES / "coral_mri_segmentation" / "configs"
+# features 4 and 32 x 32 patches: a 2 x 2 bottleneck, divisible by the default window r = 2
+TINY = {
+    "features": 4,
+    "patch_size": [32, 32],
+    "num_workers": 0,
+    "pretrain_batch_size": 8,
+    "pretrain_epochs": 1,
+    "batch_size": 8,
+    "epochs": 2,
+    "learning_rate": 0.001,
+    "sw_batch_size": 8,
+}
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# --- the one duplication MONAI Label's one-file rule forces: it may never drift from CORAL's -------------------------
+
+
+@pytest.mark.parametrize("name", ["train.json", "inference.json", "multi_gpu_train.json"])
+def test_finetune_and_inference_configs_equal_corals(name):
+    """SAL and CORAL share the network, data pipeline and fine-tuning protocol (methods.md), so that the two
+    pretrainings compare one to one: the configs are copies, kept identical by this test."""
+    assert _json(CONFIGS / name) == _json(CORAL_CONFIGS / name), f"{name} differs from the CORAL bundle's"
+
+
+def test_evaluate_config_equals_corals_up_to_title():
+    sal, coral = _json(CONFIGS / "evaluate.json"), _json(CORAL_CONFIGS / "evaluate.json")
+    assert "title='SAL'" in json.dumps(sal)
+    assert json.loads(json.dumps(sal).replace("title='SAL'", "title='CORAL'")) == coral
+
+
+def test_cpu_small_equals_corals_outside_pretraining():
+    """The CPU-sized variant fine-tunes and infers exactly as CORAL's; only ``pretrain_*`` values may differ."""
+    sal, coral = _json(CONFIGS / "cpu_small.json"), _json(CORAL_CONFIGS / "cpu_small.json")
+
+    def shared(cfg):
+        return {k: v for k, v in cfg.items() if not k.startswith("pretrain_")}
+
+    assert shared(sal) == shared(coral)
+    # the windowed alignment needs the bottleneck side (patch / 16) divisible by the window
+    window = _json(CONFIGS / "pretrain.json")["window"]
+    assert all((side // 16) % window == 0 and side % 16 == 0 for side in sal["patch_size"])
+
+
+def test_pretrain_config_defaults():
+    """The documented defaults (methods.md section 2 and CORAL's pretraining schedule)."""
+    cfg = _json(CONFIGS / "pretrain.json")
+    assert (cfg["pair_threshold"], cfg["window"], cfg["embed_dim"], cfg["symmetric"]) == (0.1, 2, 128, True)
+    # GP pools the last BatchNorm'd level: from the unnormalised bottleneck, SGD at lr 0.1 diverged (docs/README.md)
+    assert (cfg["gp_weight"], cfg["position_mode"], cfg["alignment_level"], cfg["position_level"]) == (
+        1.0, "relative", -1, -2)
+    assert (cfg["pretrain_learning_rate"], cfg["momentum"], cfg["pretrain_weight_decay"]) == (0.1, 0.9, 1e-5)
+    assert (cfg["pretrain_epochs"], cfg["pretrain_batch_size"], cfg["patch_size"], cfg["features"]) == (
+        300, 32, [352, 352], 48)
+    assert all((side // 16) % cfg["window"] == 0 for side in cfg["patch_size"])
+    meta = _json(CONFIGS / "metadata.json")
+    assert meta["version"] in meta["changelog"] and "arXiv:2406.15699" in " ".join(meta["references"])
+
+
+# --- runs on tiny phantom data ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny data set, a tiny overlay and a bundle root outside the repository, pretrained and fine-tuned once
+    with the CLI from an unrelated working directory."""
+    root = tmp_path_factory.mktemp("sal")
+    datalist = make_tiny_dataset(root / "data")
+    tiny = write_overlay(root / "tiny.json", TINY)
+    bundle_root = root / "bundle"
+    common = ["--bundle_root", str(bundle_root), "--dataset_dir", str(root / "data"),
+              "--logging_file", str(CONFIGS / "logging.conf")]
+    elsewhere = root / "cwd"
+    elsewhere.mkdir()
+    run_bundle(["run", "--config_file", config_list(CONFIGS / "pretrain.json", tiny), *common], cwd=elsewhere)
+    run_bundle(["run", "--config_file", config_list(CONFIGS / "train.json", tiny), *common], cwd=elsewhere)
+    return {"root": root, "datalist": datalist, "tiny": tiny, "bundle_root": bundle_root, "common": common}
+
+
+def test_pretrain_and_train_outputs(workspace):
+    models = workspace["bundle_root"] / "models"
+    pretrained = torch.load(models / "pretrain.pt", weights_only=True)
+    # CORAL's layout; SAL's loss has no parameters (the embedding and positional head are in the network)
+    assert set(pretrained) == {"network", "loss"} and pretrained["loss"] == {}
+    prefixes = {k.split(".")[0] for k in pretrained["network"]}
+    assert prefixes == {"encoder", "embedding", "position_head"}
+    assert pretrained["network"]["embedding.weight"].shape[:2] == (128, 16 * TINY["features"])  # LA: bottleneck
+    assert pretrained["network"]["position_head.fc1.weight"].shape == (256, 2 * 8 * TINY["features"])  # GP: level 3
+    assert len(list((models / "pretrain_checkpoints").glob("checkpoint_epoch=*.pt"))) == 1
+    with open(workspace["bundle_root"] / "logs" / "pretrain" / "pretrain_curve.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == TINY["pretrain_epochs"]
+    terms = ("train_loss", "train_la", "train_gp")
+    assert set(terms) <= set(rows[0]) and all(np.isfinite(float(rows[0][k])) for k in terms)
+    # fine-tuning saved a plain state dict selected on validation Dice
+    model = torch.load(models / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in model.values())
+    assert len(list((models / "train_checkpoints").glob("checkpoint_epoch=*.pt"))) == 1
+    curve = (workspace["bundle_root"] / "logs" / "train" / "train_curve.csv").read_text().splitlines()
+    assert curve[0].startswith("epoch") and "val_mean_dice" in curve[0] and len(curve) == 1 + TINY["epochs"]
+
+
+def test_train_loads_sal_encoder(workspace):
+    """train.json (CORAL's) puts the SAL encoder into the U-Net and drops the embedding and the positional head."""
+    from monai.bundle import ConfigParser
+
+    def network(load_pretrain: bool):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / "train.json"), str(workspace["tiny"])])
+        parser["bundle_root"] = str(workspace["bundle_root"])
+        parser["dataset_dir"] = str(workspace["root"] / "data")
+        parser["load_pretrain"] = load_pretrain
+        return parser.get_parsed_content("network")
+
+    pre = torch.load(workspace["bundle_root"] / "models" / "pretrain.pt", weights_only=True)["network"]
+    pre_encoder = {k: v for k, v in pre.items() if k.startswith("encoder.")}
+    enc = {k: v for k, v in network(True).state_dict().items() if k.startswith("encoder.")}
+    assert enc.keys() == pre_encoder.keys()
+    assert all(torch.equal(v.cpu(), pre_encoder[k]) for k, v in enc.items())
+    random_init = network(False).state_dict()
+    assert not all(torch.equal(random_init[k], v) for k, v in pre_encoder.items())
+
+
+def test_infer_and_evaluate_from_repo_root(workspace):
+    """Relative config paths from the repository root; NIfTI out on the input grid; metrics and overlay written."""
+    rel = [str((CONFIGS / name).relative_to(REPO_ROOT)) for name in ("inference.json", "evaluate.json")]
+    run_bundle(["run", "--config_file", config_list(*rel, workspace["tiny"]), *workspace["common"]], cwd=REPO_ROOT)
+    eval_dir = workspace["bundle_root"] / "eval"
+    test_cases = _json(workspace["datalist"])["test"]
+    assert len(list((eval_dir / "predictions").glob("*_seg.nii.gz"))) == len(test_cases)
+    for case in test_cases:
+        image = nib.load(workspace["root"] / "data" / case["image"])
+        pred = nib.load(eval_dir / "predictions" / Path(case["image"]).name.replace(".nii.gz", "_seg.nii.gz"))
+        assert pred.shape == image.shape
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2, 3}
+    summary = _json(eval_dir / "metrics_summary.json")
+    assert summary["role"] == "test" and summary["n_cases"] == len(test_cases)
+    assert (eval_dir / "overlay.png").stat().st_size > 1000
+
+
+def test_verify_net_in_out_and_ckpt_export(workspace):
+    """MONAI's checks, called in-process: the same functions as ``python -m monai.bundle verify_net_in_out`` and
+    ``ckpt_export`` (the CLI itself is exercised by the run commands; each extra subprocess costs a MONAI import)."""
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    verify_net_in_out("network_def", meta_file=str(CONFIGS / "metadata.json"),
+                      config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), n=2, any=16, features=4)
+    ts = workspace["root"] / "model.ts"
+    ckpt_export("network_def", filepath=str(ts), ckpt_file=str(workspace["bundle_root"] / "models" / "model.pt"),
+                meta_file=str(CONFIGS / "metadata.json"),
+                config_file=[str(CONFIGS / "inference.json"), str(workspace["tiny"])],
+                bundle_root=str(workspace["bundle_root"]))
+    scripted = torch.jit.load(str(ts))
+    from volssl.networks import UNet2d
+
+    net = UNet2d(1, 4, features=TINY["features"])
+    net.load_state_dict(torch.load(workspace["bundle_root"] / "models" / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.randn(2, 1, 48, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+
+
+@pytest.mark.parametrize(
+    "files, workflow_type",
+    [(("train.json",), "train"), (("inference.json",), "infer"), (("pretrain.json",), None)],
+)
+def test_config_workflow(workspace, tmp_path, files, workflow_type):
+    """ConfigWorkflow end to end; pretraining is given the fixture's epoch-1 checkpoint and asked for 2 epochs, so it
+    must resume (the SAL-specific resume state: network, loss, optimizer, scheduler, trainer) and run epoch 2 only."""
+    from monai.bundle import ConfigWorkflow
+
+    config_files = [str(CONFIGS / f) for f in files] + [str(workspace["tiny"])]
+    bundle_root = tmp_path / "bundle"
+    (bundle_root / "models").mkdir(parents=True)
+    for name in ("pretrain.pt", "model.pt"):
+        shutil.copy(workspace["bundle_root"] / "models" / name, bundle_root / "models" / name)
+    if workflow_type is None:
+        shutil.copytree(workspace["bundle_root"] / "models" / "pretrain_checkpoints",
+                        bundle_root / "models" / "pretrain_checkpoints")
+    workflow = ConfigWorkflow(
+        config_file=config_files, meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"), workflow_type=workflow_type,
+        bundle_root=str(bundle_root), dataset_dir=str(workspace["root"] / "data"), epochs=1, pretrain_epochs=2,
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
+    workflow.run()
+    workflow.finalize()
+    if workflow_type == "train":
+        assert (bundle_root / "models" / "train_checkpoints" / "checkpoint_epoch=1.pt").is_file()
+    elif workflow_type == "infer":
+        assert len(list((bundle_root / "eval").glob("*_seg.nii.gz"))) == 2
+    else:
+        ckpts = sorted(p.name for p in (bundle_root / "models" / "pretrain_checkpoints").glob("*.pt"))
+        assert ckpts == ["checkpoint_epoch=2.pt"]
+        with open(bundle_root / "logs" / "pretrain" / "pretrain_curve.csv", newline="") as f:
+            assert [float(r["epoch"]) for r in csv.DictReader(f)] == [2.0]  # epoch 1 was not run again
+        assert set(torch.load(bundle_root / "models" / "pretrain.pt", weights_only=True)) == {"network", "loss"}
+
+
+def test_ddp_pretrain_with_torchrun(workspace, tmp_path):
+    """SAL's multi-GPU pretraining overlay under torchrun (2 CPU processes, gloo): the loss has no parameters, so only
+    the network is wrapped; the saved state dict is unwrapped and loads into a fine-tuning U-Net's encoder."""
+    common = ["--bundle_root", str(tmp_path), "--dataset_dir", str(workspace["root"] / "data"),
+              "--logging_file", str(CONFIGS / "logging.conf")]
+    run_torchrun(["run", "--config_file", config_list(CONFIGS / "pretrain.json", CONFIGS / "multi_gpu_pretrain.json",
+                                                       workspace["tiny"]), *common], cwd=tmp_path)
+    pretrained = torch.load(tmp_path / "models" / "pretrain.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in pretrained["network"])
+    from volssl.networks import UNet2d, with_encoder_weights
+
+    with_encoder_weights(UNet2d(1, 4, features=TINY["features"]), tmp_path / "models" / "pretrain.pt")
