@@ -34,20 +34,15 @@ Usage::
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import fire
+try:
+    import benchmark_common as common
+except ImportError:  # imported from elsewhere rather than run as `python tools/benchmark_*.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import benchmark_common as common
 
-WORKER_FLAG = "_worker"
 COLUMNS = [
     "size",
     "window",
@@ -68,37 +63,7 @@ COLUMNS = [
     "sim_vs_r1",
     "peak_vs_r1",
 ]
-
-
-def _read_status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _cpu_busy_seconds() -> float | None:
-    """Busy CPU time of the whole machine so far (all cores, from /proc/stat), in seconds."""
-    try:
-        with open("/proc/stat") as fh:
-            fields = [int(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+FLOAT_FORMATS = {"loss": ".5f", **{c: ".3f" for c in COLUMNS if c.endswith("_vs_r1")}}  # others: .2f
 
 
 def _similarity_allocation_mb(call, cuda: bool) -> float:
@@ -144,48 +109,15 @@ def _measure_one(
         del sim
 
     cuda = dev.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev)
-        method = "cuda_max_allocated"
-    elif _reset_peak_rss() and _read_status_kb("VmRSS") is not None:
-        base = _read_status_kb("VmRSS")
-        method = "vmhwm_reset"
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        method = "ru_maxrss_delta"
+    memory = common.PeakMemory(dev)
 
-    def call() -> tuple[float, float]:
+    def reset() -> None:
         x_i.grad = None
         x_j.grad = None
-        if cuda:
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        loss = loss_fn(x_i, x_j)
-        loss.backward()
-        if cuda:
-            torch.cuda.synchronize(dev)
-        return time.perf_counter() - t0, float(loss.detach())
 
-    elapsed = 0.0
-    for _ in range(max(1, warmup)):
-        elapsed, value = call()
-    # At least `repeats` timed calls, more for fast calls so that the timed window lasts about `min_seconds`.
-    count = max(repeats, min(1000, math.ceil(min_seconds / max(elapsed, 1e-6))))
-    busy0, own0, wall0 = _cpu_busy_seconds(), sum(os.times()[:2]), time.perf_counter()
-    times = []
-    for _ in range(count):
-        elapsed, value = call()
-        times.append(elapsed)
-    busy1, own1, wall1 = _cpu_busy_seconds(), sum(os.times()[:2]), time.perf_counter()
-    other_load = None if busy0 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
-    if cuda:
-        peak_mb = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
-    elif method == "vmhwm_reset":
-        peak_mb = (_read_status_kb("VmHWM") - base) / 1024
-    else:
-        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    call = common.forward_backward_call(lambda: loss_fn(x_i, x_j), reset, dev)
+    timing = common.time_calls(call, repeats, warmup, min_seconds)
+    peak_mb = memory.peak_mb()  # before the profiled call below
     sim_alloc_mb = _similarity_allocation_mb(call, cuda)
     return {
         "size": size,
@@ -194,42 +126,13 @@ def _measure_one(
         "channels": channels,
         "device": str(dev),
         "threads": torch.get_num_threads(),
-        "other_load": other_load,
-        "repeats": count,
-        "median_ms": 1000 * statistics.median(times),
-        "min_ms": 1000 * min(times),
+        **timing.row(),
         "sim_mb": sim_mb,
         "sim_alloc_mb": sim_alloc_mb,
         "peak_mb": peak_mb,
-        "memory_method": method,
-        "loss": value,
+        "memory_method": memory.method,
+        "loss": timing.value,
     }
-
-
-def _spawn(**kwargs) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), WORKER_FLAG, json.dumps(kwargs)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"worker {kwargs} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    # the result is the last JSON line (the profiler may print its own lines around it)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"worker {kwargs} printed no result:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1])
-
-
-def _fmt(value, column: str) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ""
-        if column == "loss":
-            return f"{value:.5f}"
-        if column.endswith("_vs_r1"):
-            return f"{value:.3f}"
-        return f"{value:.2f}"
-    return str(value)
 
 
 def benchmark(
@@ -274,7 +177,8 @@ def benchmark(
             if size % r:
                 skipped.append(f"size {size} at r={r} (not divisible)")
                 continue
-            results[r] = _spawn(
+            results[r] = common.spawn(
+                __file__,
                 size=size,
                 window=int(r),
                 batch=batch,
@@ -294,10 +198,7 @@ def benchmark(
                 row["peak_vs_r1"] = row["peak_mb"] / max(full["peak_mb"], 1e-3)
             rows.append(row)
 
-    widths = {c: max(len(c), *(len(_fmt(r.get(c), c)) for r in rows)) for c in COLUMNS}
-    print("  ".join(c.rjust(widths[c]) for c in COLUMNS))
-    for r in rows:
-        print("  ".join(_fmt(r.get(c), c).rjust(widths[c]) for c in COLUMNS))
+    common.print_table(rows, COLUMNS, FLOAT_FORMATS)
     if skipped:
         print("skipped: " + "; ".join(skipped))
     pairs = [
@@ -309,22 +210,9 @@ def benchmark(
             f"similarity allocation (profiler) {r2['sim_alloc_mb'] / max(r1['sim_alloc_mb'], 1e-6):.3f}, "
             f"process peak {r2['peak_mb'] / max(r1['peak_mb'], 1e-3):.3f}, time {r2['median_ms'] / r1['median_ms']:.3f}"
         )
-    if output:
-        path = Path(output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".json":
-            path.write_text(json.dumps(rows, indent=2))
-        else:
-            with path.open("w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-                writer.writeheader()
-                writer.writerows({c: r.get(c) for c in COLUMNS} for r in rows)
-        print(f"written: {path}")
+    common.write_table(rows, COLUMNS, output)
     return rows
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == WORKER_FLAG:
-        print(json.dumps(_measure_one(**json.loads(sys.argv[2]))))
-    else:
-        fire.Fire(benchmark, serialize=lambda rows: None)  # the table is printed already
+    common.main(_measure_one, benchmark)
