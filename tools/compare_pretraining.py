@@ -41,7 +41,8 @@ def _parse(value, default):
 
 
 def _override_args(overrides: dict) -> list[str]:
-    return [item for key, value in overrides.items() for item in (f"--{key}", json.dumps(value))]
+    # repr, not JSON: fire reads Python literals, so JSON false would arrive as the (truthy) string "false"
+    return [item for key, value in overrides.items() for item in (f"--{key}", repr(value))]
 
 
 def _bundle_run(configs: list[Path], bundle_root: Path, dataset_dir: Path, overrides: dict, log: Path) -> None:

@@ -66,7 +66,8 @@ def bundle_run(configs: list[Path], bundle_root: Path, dataset_dir: Path, log: P
     config_arg = "[" + ",".join(f"'{c}'" for c in configs) + "]"
     args = ["-m", "monai.bundle", "run", "--config_file", config_arg, "--bundle_root", str(bundle_root),
             "--dataset_dir", str(dataset_dir), "--logging_file", str(configs[0].parent / "logging.conf")]
-    args += [a for k, v in overrides.items() for a in (f"--{k}", json.dumps(v))]
+    # repr, not JSON: fire reads Python literals, so JSON false would arrive as the (truthy) string "false"
+    args += [a for k, v in overrides.items() for a in (f"--{k}", repr(v))]
     print("      $ python " + " ".join(args), flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
