@@ -126,29 +126,20 @@ def _spatial_augmentation(
         RandFlipd(keys, prob=prob_flip, spatial_axis=1),
     ]
     if prob_spatial > 0:
+        common = dict(
+            spatial_size=patch, prob=prob_spatial, rotate_range=rot, scale_range=scale, mode=mode,
+            padding_mode=padding_mode,
+        )
         if elastic:
             spatial = Rand2DElasticd(
                 keys,
                 spacing=_pair(elastic_spacing, "elastic_spacing"),
                 magnitude_range=tuple(float(m) for m in elastic_magnitude),
-                spatial_size=patch,
-                prob=prob_spatial,
-                rotate_range=rot,
-                scale_range=scale,
-                mode=mode,
-                padding_mode=padding_mode,
+                **common,
             )
             holder = spatial.rand_2d_elastic
         else:
-            spatial = RandAffined(
-                keys,
-                spatial_size=patch,
-                prob=prob_spatial,
-                rotate_range=rot,
-                scale_range=scale,
-                mode=mode,
-                padding_mode=padding_mode,
-            )
+            spatial = RandAffined(keys, **common)
             holder = spatial.rand_affine
         if isotropic_scale:
             old = holder.rand_affine_grid

@@ -38,6 +38,16 @@ def _make_norm(norm: str | None, channels: int) -> nn.Module | None:
     raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}.")
 
 
+def _check_sizes(n_channels: int, n_classes: int, n_filters: int, dropout: float) -> None:
+    """The constructor arguments shared by :class:`VNet` and :class:`UNet3dCRLN`."""
+    if min(n_channels, n_classes, n_filters) < 1:
+        raise ValueError(
+            f"n_channels, n_classes and n_filters must be positive, got {n_channels}, {n_classes}, {n_filters}."
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+
+
 def check_divisible(x: torch.Tensor, divisor: int, name: str) -> None:
     """Raise a ``ValueError`` unless ``x`` is 5D (B, C, *3 spatial) with every spatial size divisible by ``divisor``.
 
@@ -152,12 +162,7 @@ class VNet(nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        if min(n_channels, n_classes, n_filters) < 1:
-            raise ValueError(
-                f"n_channels, n_classes and n_filters must be positive, got {n_channels}, {n_classes}, {n_filters}."
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        _check_sizes(n_channels, n_classes, n_filters, dropout)
         f = n_filters
         self.in_channels = n_channels
         self.out_channels = n_classes
@@ -263,12 +268,7 @@ class UNet3dCRLN(nn.Module):
         dropout: float = 0.3,
     ) -> None:
         super().__init__()
-        if min(n_channels, n_classes, n_filters) < 1:
-            raise ValueError(
-                f"n_channels, n_classes and n_filters must be positive, got {n_channels}, {n_classes}, {n_filters}."
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        _check_sizes(n_channels, n_classes, n_filters, dropout)
         f = n_filters
         self.in_channels = n_channels
         self.out_channels = n_classes
