@@ -1,0 +1,92 @@
+"""The comparison tools: the summary statistics over seeds, and a tiny end-to-end run of the semi-supervised
+comparison (two modes, one seed) through the bundle commands, including the skip of finished runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bundle_helpers import REPO_ROOT, make_tiny_dataset
+
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+import comparison_common  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|trace|trace_method|interface)` is deprecated")
+
+TOOL = REPO_ROOT / "tools" / "compare_semisupervised.py"
+
+
+def _fake_run(root: Path, arm: str, seed: int, dice: float, hd95: float, best_val: float) -> None:
+    run_root = root / arm / f"seed{seed}"
+    (run_root / "eval").mkdir(parents=True)
+    stat = lambda v: {"mean": v, "std": 0.0, "n": 2}  # noqa: E731
+    summary = {
+        "n_cases": 2,
+        "classes": {"1": {"name": "atrium", "dice": stat(dice)}},
+        "mean_foreground": {"dice": stat(dice), "jaccard": stat(dice / (2 - dice)), "hd95_mm": stat(hd95),
+                            "asd_mm": stat(hd95 / 4)},
+    }
+    (run_root / "eval" / "metrics_summary.json").write_text(json.dumps(summary))
+    (run_root / "train.log").write_text(f"x - volssl.best_model - INFO - epoch 3: best val_mean_dice {best_val:.4f}, "
+                                        "saved m.pt\n")
+    comparison_common.record_seconds(run_root, "train", 100.0 + seed)
+
+
+def test_summarize_mean_and_std_over_seeds(tmp_path):
+    for seed, dice in enumerate([0.5, 0.7]):
+        _fake_run(tmp_path, "crln", seed, dice, hd95=10.0 + seed, best_val=dice - 0.1)
+    _fake_run(tmp_path, "supervised", 0, 0.4, hd95=20.0, best_val=0.3)
+    comparison_common.summarize(str(tmp_path), arm_order=["supervised", "crln"])
+
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert [(r["arm"], r["seed"]) for r in rows] == [("crln", "0"), ("crln", "1"), ("supervised", "0")]
+    assert "dice_atrium" not in rows[0]  # one foreground class: its Dice is the foreground mean, not repeated
+    assert float(rows[1]["train_s"]) == 101.0 and float(rows[0]["best_val_dice"]) == pytest.approx(0.4)
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert table[2].startswith("| supervised | 0 |")  # the requested arm order, not alphabetical
+    crln = table[3]
+    std = statistics.stdev([0.5, 0.7])
+    assert f"0.6000 +- {std:.4f}" in crln and f"10.5000 +- {statistics.stdev([10.0, 11.0]):.4f}" in crln
+    assert (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_summarize_without_runs_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="no finished run"):
+        comparison_common.summarize(str(tmp_path))
+
+
+def test_compare_semisupervised_end_to_end(tmp_path):
+    datalist = make_tiny_dataset(tmp_path / "data", n=6, n_labeled=2, n_val=1, n_test=1)
+    tiny = {"n_filters": 4, "num_prototypes": 4, "num_classes": 4, "patch_size": [32, 32, 16], "epochs": 1,
+            "iterations_per_epoch": 2, "rectify_after_epoch": 0, "num_anchors": 16, "num_negatives": 32,
+            "num_workers": 0, "val_overlap": 0.0, "overlap": 0.0}
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, str(TOOL), "run", "--datalist", str(datalist), "--output_dir", str(out),
+           "--modes", "['supervised','crln']", "--seeds", "[0]", "--overlay", "None", "--overrides", repr(tiny)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted(r["arm"] for r in rows) == ["crln", "supervised"]
+    for r in rows:
+        for column in ("dice_mean_fg", "jaccard_mean_fg", "hd95_mm_mean_fg", "asd_mm_mean_fg", "train_s"):
+            assert r[column] != ""
+    assert (out / "crln" / "seed0" / "eval" / "predictions").is_dir()
+    protocol = json.loads((out / "protocol.json").read_text())
+    assert protocol["modes"] == ["supervised", "crln"] and protocol["overrides"]["epochs"] == 1
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done earlier") == 2
+
+
+def test_compare_semisupervised_rejects_unknown_mode(tmp_path):
+    proc = subprocess.run([sys.executable, str(TOOL), "run", "--datalist", str(tmp_path / "d.json"), "--output_dir",
+                           str(tmp_path), "--modes", "['fixmatch']"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "unknown mode" in (proc.stdout + proc.stderr)

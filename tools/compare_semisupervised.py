@@ -1,0 +1,99 @@
+"""Semi-supervised protocol: train the CRLN bundle in each of its modes (supervised-only, mean teacher, CRLN) with the
+same labelled volumes, unlabelled pool, budget and seeds, then report test metrics as mean +- std over seeds.
+
+    python tools/compare_semisupervised.py run --datalist data/la_half/datalist.json --output_dir runs/crln_la_half \\
+        --overrides "{'epochs': 10, 'iterations_per_epoch': 30}" --seeds "[0,1,2]"
+
+Every step is a ``python -m monai.bundle run`` of the bundle configs (the commands a user types), each in its own
+bundle root ``<output_dir>/<mode>/seed<k>``: ``train.json`` (+ ``overlay``) with ``--mode <mode> --seed <k>``, then
+``inference.json`` + ``evaluate.json`` on the test role with the same mode. The checkpoint is the best by validation
+Dice; the test set is only scored, once per run. The modes differ only in what the unlabelled pool contributes (none;
+mean-teacher consistency; rectified pseudo-labels + CPS): same network backbone, optimiser, schedule, iterations,
+labelled batch and augmentation.
+
+Steps whose output exists are skipped, so an interrupted comparison continues where it stopped (an interrupted
+training resumes from its last checkpoint). ``summarize`` writes ``results.csv``, ``results.md`` (mean +- std over
+seeds of the per-volume 3D Dice, Jaccard, HD95 and ASD) and ``results.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import fire
+
+try:
+    from comparison_common import REPO_ROOT, bundle_run, parse_literal, record_seconds, summarize
+except ImportError:  # imported from elsewhere rather than run as `python tools/compare_semisupervised.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from comparison_common import REPO_ROOT, bundle_run, parse_literal, record_seconds, summarize
+
+MODES = ("supervised", "mean_teacher", "crln")
+
+
+def run(
+    datalist: str,
+    output_dir: str,
+    bundle: str = "bundles/crln_mri_segmentation",
+    modes=None,
+    overlay: str | None = "cpu_small.json",
+    overrides=None,
+    seeds=None,
+) -> None:
+    """Train and evaluate every mode for every seed, then summarise.
+
+    Args:
+        datalist: the datalist (roles training = the labelled volumes, unlabeled, validation, test).
+        output_dir: where every bundle root, log and the results go.
+        bundle: the semi-supervised bundle (its ``train.json`` has a ``mode`` switch).
+        modes: the arms, in order (default ``['supervised', 'mean_teacher', 'crln']``).
+        overlay: a config file name in the bundle's ``configs/`` merged after the main one (``None``: none).
+        overrides: config values for every step (e.g. ``{'num_classes': 3, 'patch_size': [32, 48, 32]}``).
+        seeds: training seeds (default ``[0, 1, 2]``).
+    """
+    modes = list(parse_literal(modes, MODES))
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise SystemExit(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+    overrides = parse_literal(overrides, {})
+    seeds = [int(s) for s in parse_literal(seeds, [0, 1, 2])]
+    out = Path(output_dir).resolve()
+    datalist = Path(datalist).resolve()
+    if not datalist.is_file():
+        raise SystemExit(f"datalist not found: {datalist} (make one with tools/prepare_data.py)")
+    dataset_dir = datalist.parent
+    configs = REPO_ROOT / bundle / "configs"
+    extra = [configs / overlay] if overlay else []
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "protocol.json").write_text(json.dumps({
+        "datalist": str(datalist), "bundle": bundle, "modes": modes, "overlay": overlay, "overrides": overrides,
+        "seeds": seeds,
+    }, indent=2))
+
+    for seed in seeds:  # seed-major: a comparison stopped early still has every mode for the first seeds
+        for mode in modes:
+            root = out / mode / f"seed{seed}"
+            summary = root / "eval" / "metrics_summary.json"
+            if summary.is_file():
+                print(f"[{mode} seed {seed}] done earlier: {summary}")
+                continue
+            print(f"[{mode} seed {seed}] training")
+            common = {**overrides, "mode": mode, "datalist": str(datalist)}
+            seconds = bundle_run([configs / "train.json", *extra], root, dataset_dir, {**common, "seed": seed},
+                                 root / "train.log")
+            record_seconds(root, "train", seconds)
+            print(f"[{mode} seed {seed}] test inference + evaluation")
+            bundle_run([configs / "inference.json", configs / "evaluate.json", *extra], root, dataset_dir, common,
+                       root / "evaluate.log")
+    summarize(output_dir, arm_order=modes)
+
+
+def summarize_modes(output_dir: str) -> None:
+    """Rewrite ``results.csv``/``results.md``/``results.png`` from the finished runs under ``output_dir``."""
+    summarize(output_dir, arm_order=list(MODES))
+
+
+if __name__ == "__main__":
+    fire.Fire({"run": run, "summarize": summarize_modes})
