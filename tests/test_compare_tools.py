@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bundle_helpers import REPO_ROOT, make_tiny_dataset
 
@@ -79,11 +80,15 @@ def test_compare_semisupervised_end_to_end(tmp_path):
         for column in ("dice_mean_fg", "jaccard_mean_fg", "hd95_mm_mean_fg", "asd_mm_mean_fg", "train_s"):
             assert r[column] != ""
     assert (out / "crln" / "seed0" / "eval" / "predictions").is_dir()
+    last = list(csv.DictReader(open(out / "results_last.csv")))  # the last models, scored the same way
+    assert sorted(r["arm"] for r in last) == ["crln", "supervised"]
+    state = torch.load(out / "crln" / "seed0" / "models" / "model_last.pt", weights_only=True)
+    assert "a" in state and all(isinstance(v, torch.Tensor) for v in state.values())  # plain state dict of CRLNNet
     protocol = json.loads((out / "protocol.json").read_text())
     assert protocol["modes"] == ["supervised", "crln"] and protocol["overrides"]["epochs"] == 1
 
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("done earlier") == 2
+    assert again.returncode == 0 and again.stdout.count("done earlier") == 2 and "last model" not in again.stdout
 
 
 def test_compare_semisupervised_rejects_unknown_mode(tmp_path):

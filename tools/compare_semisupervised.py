@@ -6,14 +6,16 @@ same labelled volumes, unlabelled pool, budget and seeds, then report test metri
 
 Every step is a ``python -m monai.bundle run`` of the bundle configs (the commands a user types), each in its own
 bundle root ``<output_dir>/<mode>/seed<k>``: ``train.json`` (+ ``overlay``) with ``--mode <mode> --seed <k>``, then
-``inference.json`` + ``evaluate.json`` on the test role with the same mode. The checkpoint is the best by validation
-Dice; the test set is only scored, once per run. The modes differ only in what the unlabelled pool contributes (none;
+``inference.json`` + ``evaluate.json`` on the test role with the same mode, for the model selected on validation
+(``models/model.pt`` -> ``eval/``) and for the last model (``models/model_last.pt``, the network of the last training
+checkpoint -> ``eval_last/``). Nothing is selected on the test set; it is only scored. The modes differ only in what the unlabelled pool contributes (none;
 mean-teacher consistency; rectified pseudo-labels + CPS): same network backbone, optimiser, schedule, iterations,
 labelled batch and augmentation.
 
 Steps whose output exists are skipped, so an interrupted comparison continues where it stopped (an interrupted
 training resumes from its last checkpoint). ``summarize`` writes ``results.csv``, ``results.md`` (mean +- std over
-seeds of the per-volume 3D Dice, Jaccard, HD95 and ASD) and ``results.png``.
+seeds of the per-volume 3D Dice, Jaccard, HD95 and ASD) and ``results.png`` for the selected models, and the same as
+``results_last.*`` for the last models.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ except ImportError:  # imported from elsewhere rather than run as `python tools/
     from comparison_common import REPO_ROOT, bundle_run, parse_literal, record_seconds, summarize
 
 MODES = ("supervised", "mean_teacher", "crln")
+LAST_DIR = "eval_last"  # evaluation of the last model (the selected one is in eval/)
 
 
 def run(
@@ -72,27 +75,52 @@ def run(
         "seeds": seeds,
     }, indent=2))
 
+    evaluate = [configs / "inference.json", configs / "evaluate.json", *extra]
     for seed in seeds:  # seed-major: a comparison stopped early still has every mode for the first seeds
         for mode in modes:
             root = out / mode / f"seed{seed}"
+            common = {**overrides, "mode": mode, "datalist": str(datalist)}
             summary = root / "eval" / "metrics_summary.json"
             if summary.is_file():
                 print(f"[{mode} seed {seed}] done earlier: {summary}")
+            else:
+                print(f"[{mode} seed {seed}] training")
+                seconds = bundle_run([configs / "train.json", *extra], root, dataset_dir, {**common, "seed": seed},
+                                     root / "train.log")
+                record_seconds(root, "train", seconds)
+                print(f"[{mode} seed {seed}] test inference + evaluation of the selected (best validation) model")
+                bundle_run(evaluate, root, dataset_dir, common, root / "evaluate.log")
+            if (root / LAST_DIR / "metrics_summary.json").is_file():
                 continue
-            print(f"[{mode} seed {seed}] training")
-            common = {**overrides, "mode": mode, "datalist": str(datalist)}
-            seconds = bundle_run([configs / "train.json", *extra], root, dataset_dir, {**common, "seed": seed},
-                                 root / "train.log")
-            record_seconds(root, "train", seconds)
-            print(f"[{mode} seed {seed}] test inference + evaluation")
-            bundle_run([configs / "inference.json", configs / "evaluate.json", *extra], root, dataset_dir, common,
-                       root / "evaluate.log")
-    summarize(output_dir, arm_order=modes)
+            print(f"[{mode} seed {seed}] test inference + evaluation of the last model")
+            last = export_last_model(root)
+            bundle_run(evaluate, root, dataset_dir, {**common, "checkpoint": str(last),
+                                                     "output_dir": str(root / LAST_DIR / "predictions"),
+                                                     "metrics_dir": str(root / LAST_DIR)}, root / "evaluate_last.log")
+    summarize_modes(output_dir)
+
+
+def export_last_model(run_root: Path) -> Path:
+    """``<run_root>/models/model_last.pt``: the network of the newest training checkpoint as a plain state dict."""
+    import torch
+
+    from volssl.engines.handlers import latest_checkpoint
+    from volssl.networks.checkpoint import extract_state_dict
+
+    ckpt = latest_checkpoint(run_root / "models" / "train_checkpoints")
+    if ckpt is None:
+        raise SystemExit(f"no training checkpoint under {run_root / 'models' / 'train_checkpoints'}")
+    state = extract_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True), ckpt, key="network")
+    path = run_root / "models" / "model_last.pt"
+    torch.save(state, path)
+    return path
 
 
 def summarize_modes(output_dir: str) -> None:
-    """Rewrite ``results.csv``/``results.md``/``results.png`` from the finished runs under ``output_dir``."""
+    """Rewrite the results from the finished runs under ``output_dir``: ``results.*`` for the models selected on
+    validation, ``results_last.*`` for the last models."""
     summarize(output_dir, arm_order=list(MODES))
+    summarize(output_dir, arm_order=list(MODES), eval_dir=LAST_DIR, name="results_last")
 
 
 if __name__ == "__main__":

@@ -72,8 +72,10 @@ def record_seconds(run_root: Path, step: str, seconds: float) -> None:
     path.write_text(json.dumps(timing, indent=2))
 
 
-def summarize(output_dir: str, arm_order: list[str] | None = None) -> None:
-    """Collect ``<arm>/seed<k>/eval/metrics_summary.json`` into ``results.csv``, ``results.md`` and ``results.png``.
+def summarize(
+    output_dir: str, arm_order: list[str] | None = None, eval_dir: str = "eval", name: str = "results"
+) -> None:
+    """Collect ``<arm>/seed<k>/<eval_dir>/metrics_summary.json`` into ``<name>.csv``, ``<name>.md`` and ``<name>.png``.
 
     Columns: foreground-mean Dice, Jaccard, HD95 and ASD (mm, from the NIfTI spacing), per-class Dice when there is
     more than one foreground class, ``best_val_dice`` (validation Dice of the selected checkpoint, from ``train.log``)
@@ -81,7 +83,7 @@ def summarize(output_dir: str, arm_order: list[str] | None = None) -> None:
     """
     out = Path(output_dir)
     rows = []
-    for summary_path in sorted(out.glob("*/seed*/eval/metrics_summary.json")):
+    for summary_path in sorted(out.glob(f"*/seed*/{eval_dir}/metrics_summary.json")):
         summary = json.loads(summary_path.read_text())
         run_root = summary_path.parents[1]
         arm, seed = run_root.parent.name, int(run_root.name.removeprefix("seed"))
@@ -97,9 +99,9 @@ def summarize(output_dir: str, arm_order: list[str] | None = None) -> None:
             row["train_s"] = json.loads(timing.read_text()).get("train")
         rows.append(row)
     if not rows:
-        raise SystemExit(f"no finished run under {out}")
+        raise SystemExit(f"no finished run under {out} (no */seed*/{eval_dir}/metrics_summary.json)")
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "results.csv", "w", newline="") as f:
+    with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -119,12 +121,12 @@ def summarize(output_dir: str, arm_order: list[str] | None = None) -> None:
             cells.append(f"{mean:.0f} +- {std:.0f}" if m == "train_s" else f"{mean:.4f} +- {std:.4f}")
         lines.append(f"| {arm} | {','.join(str(r['seed']) for r in sub)} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
-    (out / "results.md").write_text(
+    (out / f"{name}.md").write_text(
         text + "\n\nPer-volume 3D metrics on the test role (Dice, Jaccard; HD95 and ASD in mm from the image spacing), "
         "averaged over the test volumes and the foreground classes, then mean +- sample std over seeds; "
         "best_val_dice: the validation Dice of the selected checkpoint; train_s: training wall-clock seconds.\n")
     print(text)
-    _plot(table, arms, out / "results.png")
+    _plot(table, arms, out / f"{name}.png")
 
 
 def _best_val(log: Path) -> float | None:
