@@ -32,7 +32,7 @@ def _fake_run(root: Path, arm: str, seed: int, dice: float, hd95: float, best_va
         "n_cases": 2,
         "classes": {"1": {"name": "atrium", "dice": stat(dice)}},
         "mean_foreground": {"dice": stat(dice), "jaccard": stat(dice / (2 - dice)), "hd95_mm": stat(hd95),
-                            "asd_mm": stat(hd95 / 4)},
+                            "asd_mm": stat(hd95 / 4), "hd95_vox": stat(hd95 / 2), "asd_vox": stat(hd95 / 8)},
     }
     (run_root / "eval" / "metrics_summary.json").write_text(json.dumps(summary))
     (run_root / "train.log").write_text(f"x - volssl.best_model - INFO - epoch 3: best val_mean_dice {best_val:.4f}, "
@@ -77,7 +77,8 @@ def test_compare_semisupervised_end_to_end(tmp_path):
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert sorted(r["arm"] for r in rows) == ["crln", "supervised"]
     for r in rows:
-        for column in ("dice_mean_fg", "jaccard_mean_fg", "hd95_mm_mean_fg", "asd_mm_mean_fg", "train_s"):
+        for column in ("dice_mean_fg", "jaccard_mean_fg", "hd95_mm_mean_fg", "asd_mm_mean_fg", "hd95_vox_mean_fg",
+                       "train_s"):
             assert r[column] != ""
     assert (out / "crln" / "seed0" / "eval" / "predictions").is_dir()
     last = list(csv.DictReader(open(out / "results_last.csv")))  # the last models, scored the same way

@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # foreground-mean metrics reported for every run: (column, key in metrics_summary.json's "mean_foreground")
 MEAN_FG_METRICS = (("dice_mean_fg", "dice"), ("jaccard_mean_fg", "jaccard"), ("hd95_mm_mean_fg", "hd95_mm"),
-                   ("asd_mm_mean_fg", "asd_mm"))
+                   ("asd_mm_mean_fg", "asd_mm"), ("hd95_vox_mean_fg", "hd95_vox"), ("asd_vox_mean_fg", "asd_vox"))
 
 
 def parse_literal(value, default):
@@ -77,7 +77,8 @@ def summarize(
 ) -> None:
     """Collect ``<arm>/seed<k>/<eval_dir>/metrics_summary.json`` into ``<name>.csv``, ``<name>.md`` and ``<name>.png``.
 
-    Columns: foreground-mean Dice, Jaccard, HD95 and ASD (mm, from the NIfTI spacing), per-class Dice when there is
+    Columns: foreground-mean Dice, Jaccard, HD95 and ASD (in mm from the NIfTI spacing, and in voxels as the
+    semi-supervised papers report them), per-class Dice when there is
     more than one foreground class, ``best_val_dice`` (validation Dice of the selected checkpoint, from ``train.log``)
     and ``train_s`` (training wall-clock seconds, when recorded).
     """
