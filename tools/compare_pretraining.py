@@ -87,8 +87,8 @@ def run(
         per_method = pretrain_overrides and set(pretrain_overrides) <= set(methods)
         method_overrides = pretrain_overrides.get(name, {}) if per_method else pretrain_overrides
         bundle_run([configs / "pretrain.json", *pre_extra], root, dataset_dir,
-                    {**overrides, **method_overrides, "seed": seeds[0], "datalist": str(datalist)},
-                    root / "pretrain.log")
+                   {**overrides, **method_overrides, "seed": seeds[0], "datalist": str(datalist)},
+                   root / "pretrain.log")
     if include_random:
         checkpoints[RANDOM_ARM] = None
 
@@ -107,7 +107,7 @@ def run(
             record_seconds(root, "train", seconds)
             print(f"[{arm} seed {seed}] test inference + evaluation")
             bundle_run([ft_configs / "inference.json", ft_configs / "evaluate.json", *extra], root, dataset_dir,
-                        {**overrides, "datalist": str(datalist)}, root / "evaluate.log")
+                       {**overrides, "datalist": str(datalist)}, root / "evaluate.log")
     summarize(output_dir)
 
 

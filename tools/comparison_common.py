@@ -20,6 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+try:
+    from bundle_cli import bundle_command
+except ImportError:  # imported from elsewhere (the tests put tools/ on sys.path; this covers other importers)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bundle_cli import bundle_command
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # foreground-mean metrics reported for every run: (column, key in metrics_summary.json's "mean_foreground")
@@ -34,21 +40,12 @@ def parse_literal(value, default):
     return ast.literal_eval(value) if isinstance(value, str) else value
 
 
-def override_args(overrides: dict) -> list[str]:
-    """``--key value`` pairs for ``python -m monai.bundle run``."""
-    # repr, not JSON: fire reads Python literals, so JSON false would arrive as the (truthy) string "false"
-    return [item for key, value in overrides.items() for item in (f"--{key}", repr(value))]
-
-
 def bundle_run(configs: list[Path], bundle_root: Path, dataset_dir: Path, overrides: dict, log: Path) -> float:
     """One ``python -m monai.bundle run``; its output goes to ``log`` (the last lines are shown on failure).
 
     Returns the wall-clock seconds the step took.
     """
-    config_arg = "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    logging_conf = configs[0].parent / "logging.conf"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg, "--bundle_root", str(bundle_root),
-           "--dataset_dir", str(dataset_dir), "--logging_file", str(logging_conf), *override_args(overrides)]
+    cmd = [sys.executable, *bundle_command(configs, bundle_root, dataset_dir, overrides)]
     log.parent.mkdir(parents=True, exist_ok=True)
     print("  $ " + " ".join(cmd[1:]), flush=True)
     start = time.time()

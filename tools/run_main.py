@@ -13,7 +13,6 @@ fitted on the labelled volumes): no learning, the floor any method must beat, in
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -29,6 +28,12 @@ from volssl.data.phantom import write_phantom_dataset
 from volssl.io import load_nifti, save_nifti
 from volssl.metrics import evaluate_folder, find_prediction, format_summary
 from volssl.viz import plot_overlay
+
+try:
+    from bundle_cli import bundle_command
+except ImportError:  # imported from elsewhere rather than run as `python tools/run_main.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bundle_cli import bundle_command
 
 
 def _zscore(image: np.ndarray) -> np.ndarray:
@@ -63,11 +68,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def bundle_run(configs: list[Path], bundle_root: Path, dataset_dir: Path, log: Path, **overrides) -> None:
     """``python -m monai.bundle run`` with the bundle's logging config; the full log goes to ``log``."""
-    config_arg = "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    args = ["-m", "monai.bundle", "run", "--config_file", config_arg, "--bundle_root", str(bundle_root),
-            "--dataset_dir", str(dataset_dir), "--logging_file", str(configs[0].parent / "logging.conf")]
-    # repr, not JSON: fire reads Python literals, so JSON false would arrive as the (truthy) string "false"
-    args += [a for k, v in overrides.items() for a in (f"--{k}", repr(v))]
+    args = bundle_command(configs, bundle_root, dataset_dir, overrides)
     print("      $ python " + " ".join(args), flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
