@@ -272,3 +272,17 @@ def test_train_config_workflow_crln_properties(workspace, tmp_path):
     assert not workflow.check_properties()
     assert workflow.max_epochs == TINY["epochs"]
     assert type(workflow.parser.get_parsed_content("network")).__name__ == "CRLNNet"
+
+
+def test_adam_overlay_replaces_the_optimiser_and_keeps_a_out():
+    """``adam.json`` (the CPU hippocampus recipe) swaps SGD for Adam on every parameter except the rectifier's ``a``,
+    which keeps its own fixed-lr step."""
+    parser = _parser([CONFIGS / "train.json", CONFIGS / "cpu_small.json", CONFIGS / "adam.json"], **TINY)
+    optimizer = parser.get_parsed_content("optimizer")
+    network = parser.get_parsed_content("network")
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(network.a) not in held
+    assert held == {id(p) for n, p in network.named_parameters() if n != "a"}
+    assert parser["train#step#rectifier_lr"] == "@rectifier_lr" and parser.get_parsed_content("rectifier_lr") == 1e-2

@@ -63,6 +63,18 @@ def test_summarize_without_runs_says_so(tmp_path):
         comparison_common.summarize(str(tmp_path))
 
 
+def test_overlay_files_in_order_and_missing_named(tmp_path):
+    from comparison_common import overlay_files
+
+    for name in ("a.json", "b.json"):
+        (tmp_path / name).write_text("{}")
+    assert overlay_files(tmp_path, None) == [] and overlay_files(tmp_path, "") == []
+    assert overlay_files(tmp_path, "b.json,a.json") == [tmp_path / "b.json", tmp_path / "a.json"]
+    assert overlay_files(tmp_path, ("a.json",)) == [tmp_path / "a.json"]
+    with pytest.raises(SystemExit, match="c.json"):
+        overlay_files(tmp_path, "a.json, c.json")
+
+
 def test_compare_semisupervised_end_to_end(tmp_path):
     datalist = make_tiny_dataset(tmp_path / "data", n=6, n_labeled=2, n_val=1, n_test=1)
     tiny = {"n_filters": 4, "num_prototypes": 4, "num_classes": 4, "patch_size": [32, 32, 16], "epochs": 1,

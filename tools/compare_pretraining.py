@@ -26,10 +26,10 @@ from pathlib import Path
 import fire
 
 try:
-    from comparison_common import REPO_ROOT, bundle_run, parse_literal, record_seconds, summarize
+    from comparison_common import REPO_ROOT, bundle_run, overlay_files, parse_literal, record_seconds, summarize
 except ImportError:  # imported from elsewhere rather than run as `python tools/compare_pretraining.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from comparison_common import REPO_ROOT, bundle_run, parse_literal, record_seconds, summarize
+    from comparison_common import REPO_ROOT, bundle_run, overlay_files, parse_literal, record_seconds, summarize
 
 RANDOM_ARM = "random"
 
@@ -39,7 +39,7 @@ def run(
     output_dir: str,
     methods=None,
     finetune_bundle: str = "bundles/coral_mri_segmentation",
-    overlay: str | None = "cpu_small.json",
+    overlay="cpu_small.json",
     overrides=None,
     pretrain_overrides=None,
     seeds=None,
@@ -52,7 +52,8 @@ def run(
         output_dir: where every bundle root, log and the results go.
         methods: ``{name: bundle folder}`` of the pretraining methods (default: CORAL).
         finetune_bundle: the bundle whose ``train.json``/``inference.json``/``evaluate.json`` fine-tune and score.
-        overlay: a config file name in each bundle's ``configs/`` merged after the main one (``None``: none).
+        overlay: config file name(s) in each bundle's ``configs/`` merged after the main one, in order: one name,
+            several joined by commas or a list; ``None``: none.
         overrides: config values for every step (e.g. ``{'num_classes': 3, 'patch_size': [48, 64]}``).
         pretrain_overrides: extra config values for the pretraining steps only: one dict for every method, or
             ``{method: dict}`` per method (e.g. a patch whose bottleneck suits SAL's window).
@@ -67,10 +68,10 @@ def run(
     datalist = Path(datalist).resolve()
     dataset_dir = datalist.parent
     ft_configs = REPO_ROOT / finetune_bundle / "configs"
-    extra = [ft_configs / overlay] if overlay else []
+    extra = overlay_files(ft_configs, overlay)
     out.mkdir(parents=True, exist_ok=True)
     (out / "protocol.json").write_text(json.dumps({
-        "datalist": str(datalist), "methods": methods, "finetune_bundle": finetune_bundle, "overlay": overlay,
+        "datalist": str(datalist), "methods": methods, "finetune_bundle": finetune_bundle, "overlay": [q.name for q in extra],
         "overrides": overrides, "pretrain_overrides": pretrain_overrides, "seeds": seeds,
     }, indent=2))
 
@@ -83,7 +84,7 @@ def run(
             print(f"[{name}] pretraining done earlier: {checkpoints[name]}")
             continue
         print(f"[{name}] pretraining on the unlabelled pool")
-        pre_extra = [configs / overlay] if overlay else []
+        pre_extra = overlay_files(configs, overlay)
         per_method = pretrain_overrides and set(pretrain_overrides) <= set(methods)
         method_overrides = pretrain_overrides.get(name, {}) if per_method else pretrain_overrides
         bundle_run([configs / "pretrain.json", *pre_extra], root, dataset_dir,

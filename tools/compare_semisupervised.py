@@ -27,10 +27,10 @@ from pathlib import Path
 import fire
 
 try:
-    from comparison_common import REPO_ROOT, bundle_run, parse_literal, record_seconds, summarize
+    from comparison_common import REPO_ROOT, bundle_run, overlay_files, parse_literal, record_seconds, summarize
 except ImportError:  # imported from elsewhere rather than run as `python tools/compare_semisupervised.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from comparison_common import REPO_ROOT, bundle_run, parse_literal, record_seconds, summarize
+    from comparison_common import REPO_ROOT, bundle_run, overlay_files, parse_literal, record_seconds, summarize
 
 MODES = ("supervised", "mean_teacher", "crln")
 LAST_DIR = "eval_last"  # evaluation of the last model (the selected one is in eval/)
@@ -41,7 +41,7 @@ def run(
     output_dir: str,
     bundle: str = "bundles/crln_mri_segmentation",
     modes=None,
-    overlay: str | None = "cpu_small.json",
+    overlay="cpu_small.json",
     overrides=None,
     seeds=None,
 ) -> None:
@@ -52,7 +52,8 @@ def run(
         output_dir: where every bundle root, log and the results go.
         bundle: the semi-supervised bundle (its ``train.json`` has a ``mode`` switch).
         modes: the arms, in order (default ``['supervised', 'mean_teacher', 'crln']``).
-        overlay: a config file name in the bundle's ``configs/`` merged after the main one (``None``: none).
+        overlay: config file name(s) in the bundle's ``configs/`` merged after the main one, in order: one name,
+            several joined by commas (``cpu_small.json,adam.json``) or a list; ``None``: none.
         overrides: config values for every step (e.g. ``{'num_classes': 3, 'patch_size': [32, 48, 32]}``).
         seeds: training seeds (default ``[0, 1, 2]``).
     """
@@ -68,10 +69,10 @@ def run(
         raise SystemExit(f"datalist not found: {datalist} (make one with tools/prepare_data.py)")
     dataset_dir = datalist.parent
     configs = REPO_ROOT / bundle / "configs"
-    extra = [configs / overlay] if overlay else []
+    extra = overlay_files(configs, overlay)
     out.mkdir(parents=True, exist_ok=True)
     (out / "protocol.json").write_text(json.dumps({
-        "datalist": str(datalist), "bundle": bundle, "modes": modes, "overlay": overlay, "overrides": overrides,
+        "datalist": str(datalist), "bundle": bundle, "modes": modes, "overlay": [q.name for q in extra], "overrides": overrides,
         "seeds": seeds,
     }, indent=2))
 

@@ -40,6 +40,22 @@ def parse_literal(value, default):
     return ast.literal_eval(value) if isinstance(value, str) else value
 
 
+def overlay_files(configs_dir: Path, overlay) -> list[Path]:
+    """The overlay config files to merge after a bundle's main config, in order.
+
+    ``overlay``: ``None``/``""`` (none), a file name in ``configs_dir``, several joined by commas
+    (``"cpu_small.json,adam.json"``) or a list of names. A name that is not a file there is an error naming it.
+    """
+    if not overlay:
+        return []
+    names = [n.strip() for n in overlay.split(",")] if isinstance(overlay, str) else [str(n) for n in overlay]
+    paths = [Path(configs_dir) / n for n in names if n]
+    missing = [str(q) for q in paths if not q.is_file()]
+    if missing:
+        raise SystemExit(f"overlay config not found: {', '.join(missing)}")
+    return paths
+
+
 def bundle_run(configs: list[Path], bundle_root: Path, dataset_dir: Path, overrides: dict, log: Path) -> float:
     """One ``python -m monai.bundle run``; its output goes to ``log`` (the last lines are shown on failure).
 
