@@ -286,3 +286,29 @@ def test_adam_overlay_replaces_the_optimiser_and_keeps_a_out():
     assert id(network.a) not in held
     assert held == {id(p) for n, p in network.named_parameters() if n != "a"}
     assert parser["train#step#rectifier_lr"] == "@rectifier_lr" and parser.get_parsed_content("rectifier_lr") == 1e-2
+
+
+def test_main_job_crln_trains_with_adam_without_dropout(tmp_path, monkeypatch):
+    """The main job's ``--method crln`` commands (captured, not run): training takes cpu_small.json + adam.json with
+    dropout 0 and the default 20 epochs, and the resolved training config builds Adam and a dropout-free network;
+    inference uses the same network constants. (At 6 epochs, or with SGD + Dropout3d 0.5, the phantom's shell class
+    was not learned: see the docs' phantom table.)"""
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import run_main
+
+    calls = []
+    monkeypatch.setattr(run_main, "bundle_run", lambda configs, root, data, log, **kw: calls.append((configs, kw)))
+    datalist = tmp_path / "datalist.json"
+    run_main.run_semi_supervised(datalist, tmp_path / "out", run_main.CRLN_EPOCHS, seed=0)
+    (train_configs, train_kw), (infer_configs, infer_kw) = calls
+    assert [c.name for c in train_configs] == ["train.json", "cpu_small.json", "adam.json"]
+    assert [c.name for c in infer_configs] == ["inference.json", "cpu_small.json"]
+    assert train_kw["epochs"] == 20 and train_kw["dropout"] == 0.0 and infer_kw["dropout"] == 0.0
+    for key in ("num_classes", "n_filters", "patch_size"):
+        assert train_kw[key] == infer_kw[key]
+    constants = {k: v for k, v in train_kw.items() if k not in ("datalist", "resume")}
+    parser = _parser(train_configs, **constants)
+    assert isinstance(parser.get_parsed_content("optimizer"), torch.optim.Adam)
+    network = parser.get_parsed_content("network")
+    dropouts = [m for m in network.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    assert all(m.p == 0.0 for m in dropouts)
