@@ -72,8 +72,8 @@ def run(
     extra = overlay_files(configs, overlay)
     out.mkdir(parents=True, exist_ok=True)
     (out / "protocol.json").write_text(json.dumps({
-        "datalist": str(datalist), "bundle": bundle, "modes": modes, "overlay": [q.name for q in extra], "overrides": overrides,
-        "seeds": seeds,
+        "datalist": str(datalist), "bundle": bundle, "modes": modes, "overlay": [q.name for q in extra],
+        "overrides": overrides, "seeds": seeds,
     }, indent=2))
 
     evaluate = [configs / "inference.json", configs / "evaluate.json", *extra]

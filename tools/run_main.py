@@ -8,8 +8,8 @@
 labelled volumes (best checkpoint by validation Dice), inference on the test set, evaluation and an overlay PNG.
 ``--method sal`` runs the SAL bundle the same way; ``--method crln`` trains the CRLN bundle (semi-supervised, no
 pretraining step, overlays ``cpu_small.json`` + ``adam.json``) on the labelled + unlabelled phantoms and segments the
-test set. ``--method reference`` runs the nearest-mean intensity classifier instead (z-scored intensities, one mean per class,
-fitted on the labelled volumes): no learning, the floor any method must beat, in seconds.
+test set. ``--method reference`` runs the nearest-mean intensity classifier instead (z-scored intensities, one mean
+per class, fitted on the labelled volumes): no learning, the floor any method must beat, in seconds.
 """
 
 from __future__ import annotations
@@ -61,11 +61,11 @@ def predict_nearest_mean(image: np.ndarray, means: np.ndarray) -> np.ndarray:
 
 BUNDLES = {"coral": "coral_mri_segmentation", "sal": "sal_mri_segmentation", "crln": "crln_mri_segmentation"}
 SLICE_PRETRAINING = ("coral", "sal")
-# CRLN on the 64 x 64 x 24 phantoms within a few CPU minutes: a narrow V-Net, 16-slice patches, short epochs
-# Phantom-sized CRLN, 20 epochs of 20 iterations by default. Measured (seed 0, 2 labelled phantoms): after 6 epochs
-# only the core class is learned (test Dice 0.22 with SGD + Dropout3d 0.5, 0.28 with Adam); after 20 epochs, SGD +
-# Dropout3d 0.5 (the paper's setting for a 2-class V-Net) gives 0.45 with the shell at 0.42, while Adam without dropout
-# (configs/adam.json, as for hippocampus in the CRLN docs) gives 0.58 with the shell at 0.81.
+# CRLN on the 64 x 64 x 24 phantoms within a few CPU minutes: a narrow V-Net, 16-slice patches, 20 epochs of 20
+# iterations, Adam without dropout. Measured (seed 0, 2 labelled phantoms): after 6 epochs only the core class is
+# learned (test Dice 0.22 with SGD + Dropout3d 0.5, 0.28 with Adam); after 20 epochs, SGD + Dropout3d 0.5 (the paper's
+# setting for a 2-class V-Net) gives 0.45 with the shell at 0.42, while Adam without dropout (configs/adam.json, as for
+# hippocampus in the CRLN docs) gives 0.58 with the shell at 0.81.
 CRLN_PHANTOM = {"num_classes": 4, "n_filters": 8, "patch_size": [48, 48, 16], "iterations_per_epoch": 20,
                 "rectify_after_epoch": 2, "val_interval": 1, "dropout": 0.0}
 CRLN_EPOCHS = 20
@@ -159,7 +159,7 @@ def main(
         print(f"[4/5] {method.upper()} end to end with the bundle (CPU-sized overlay cpu_small.json)")
         pred_dir = run_bundle_method(method, datalist, out, pretrain_epochs, epochs or 40, seed)
     else:
-        print("[4/5] CRLN end to end with the bundle (CPU-sized overlay cpu_small.json + phantom-sized values)")
+        print("[4/5] CRLN end to end with the bundle (overlays cpu_small.json + adam.json, phantom-sized values)")
         pred_dir = run_semi_supervised(datalist, out, epochs or CRLN_EPOCHS, seed)
     print("[5/5] evaluation of the test set (per-volume 3D metrics)")
     summary = evaluate_folder(datalist, pred_dir, role="test", output_dir=out / "metrics", progress=False)
