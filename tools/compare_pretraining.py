@@ -72,7 +72,8 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     (out / "protocol.json").write_text(json.dumps({
         "datalist": str(datalist), "methods": methods, "finetune_bundle": finetune_bundle,
-        "overlay": [q.name for q in extra], "overrides": overrides, "pretrain_overrides": pretrain_overrides, "seeds": seeds,
+        "overlay": [q.name for q in extra], "overrides": overrides, "pretrain_overrides": pretrain_overrides,
+        "seeds": seeds,
     }, indent=2))
 
     checkpoints: dict[str, Path | None] = {}
