@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-import h5py
 import nibabel as nib
 import numpy as np
 from tqdm import tqdm
@@ -323,6 +322,8 @@ def _h5_meta(path: Path) -> dict:
     Raises:
         VolsslInputError: missing or unreadable file, a missing dataset, non-3D arrays, or image/label shapes differ.
     """
+    import h5py  # only the converters read h5: the bundles do not declare h5py
+
     if not path.is_file():
         raise VolsslInputError(path, "volume file not found")
     try:

@@ -36,6 +36,11 @@ class ResumeFromLatest:
     then continues from the saved epoch. Files are read with ``torch.load(weights_only=True)``. With ``enabled=False``
     or no checkpoint, the run starts from scratch (and says so in the log).
 
+    Only an unfinished run is resumed: when the newest checkpoint's trainer epoch has reached the trainer's
+    ``max_epochs`` (a finished run, e.g. a second MONAI Label ``/train`` request), its checkpoints are moved aside
+    and a new run starts (initialised as the config says, e.g. from ``init_weights``), so a new request is never a
+    no-op and never fails on a smaller ``max_epochs``.
+
     A resumed ``CheckpointSaver`` does not know the files of the interrupted run, so this handler also prunes, at each
     epoch end, the interval checkpoints older than the newest one (``keep_only_latest``).
     """
@@ -67,41 +72,45 @@ class ResumeFromLatest:
             if old != newest and _EPOCH_RE.search(old.name) and _rank() == 0:
                 old.unlink(missing_ok=True)
 
-    def _newest_readable(self) -> Path | None:
-        """The newest interval checkpoint that loads; a file cut short by an interruption during its write (MONAI's
-        saver does not write atomically) is moved aside with a warning, and the previous one is used."""
+    def _newest_readable(self) -> tuple[Path, Mapping] | tuple[None, None]:
+        """The newest interval checkpoint that loads, and its content; a file cut short by an interruption during its
+        write (MONAI's saver does not write atomically) is moved aside with a warning, and the previous one is used."""
         while (path := latest_checkpoint(self.ckpt_dir)) is not None:
             try:
-                torch.load(path, map_location="cpu", weights_only=True)
-                return path
+                return path, torch.load(path, map_location="cpu", weights_only=True)
             except Exception as err:  # noqa: BLE001 - any unreadable file is treated the same way
                 broken = path.with_name(f"{path.name}.unreadable")
                 os.replace(path, broken)
                 self.logger.warning(f"{path} cannot be read ({type(err).__name__}: {err}); moved to {broken}")
-        return None
+        return None, None
 
-    def _set_aside(self) -> None:
-        """With resume disabled, move an earlier run's checkpoints into a dated subfolder instead of mixing them."""
+    def _set_aside(self, why: str) -> None:
+        """Move an earlier run's checkpoints into a dated subfolder instead of mixing them with the new run's."""
         old = sorted(Path(self.ckpt_dir).glob("checkpoint_epoch=*.pt"))
-        if not old:
+        if not old or _rank() > 0:
             return
         aside = Path(self.ckpt_dir) / time.strftime("previous_%Y%m%d-%H%M%S")
         aside.mkdir(parents=True, exist_ok=True)
         for path in old:
             os.replace(path, aside / path.name)
-        self.logger.warning(f"resume disabled: moved {len(old)} earlier checkpoint(s) to {aside}")
+        self.logger.warning(f"{why}: moved {len(old)} earlier checkpoint(s) to {aside}")
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
-            self._set_aside()
+            self._set_aside("resume disabled")
         if self.keep_only_latest:
             # at STARTED every handler of the config is attached, so this one runs after the CheckpointSaver
             engine.add_event_handler(
                 Events.STARTED, lambda e: e.add_event_handler(Events.EPOCH_COMPLETED, self._prune)
             )
-        path = self._newest_readable() if self.enabled else None
+        path, content = self._newest_readable() if self.enabled else (None, None)
+        done = _finished_epoch(content)
+        if path is not None and done is not None and done >= int(engine.state.max_epochs):
+            self._set_aside(f"{path.name} is from a finished run (epoch {done}, this run has {engine.state.max_epochs})"
+                            " so a new run starts")
+            path = None
         if path is None:
-            self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: starting from scratch")
+            self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: starting a new run")
             return
         self.logger.info(f"resuming from {path}")
         CheckpointLoader(
@@ -228,6 +237,19 @@ class LearningCurveWriter:
         from ..viz import plot_learning_curves
 
         plot_learning_curves(self.rows, self.output_dir / f"{self.name}.png")
+
+
+def _finished_epoch(checkpoint) -> int | None:
+    """The trainer epoch stored in a resume checkpoint (``{"trainer": engine.state_dict(), ...}``), if any."""
+    trainer = checkpoint.get("trainer") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(trainer, Mapping):
+        return None
+    if trainer.get("epoch") is not None:
+        return int(trainer["epoch"])
+    # ignite's Engine.state_dict() stores the iteration and the epoch length, not the epoch
+    if trainer.get("iteration") is not None and trainer.get("epoch_length"):
+        return int(trainer["iteration"]) // int(trainer["epoch_length"])
+    return None
 
 
 def _rank() -> int:

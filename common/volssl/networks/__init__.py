@@ -8,7 +8,14 @@
 
 from __future__ import annotations
 
-from .checkpoint import DEFAULT_STATE_KEYS, extract_state_dict, load_encoder_weights, with_encoder_weights
+from .checkpoint import (
+    DEFAULT_STATE_KEYS,
+    PRETRAIN_HINT,
+    extract_state_dict,
+    load_encoder_weights,
+    with_encoder_weights,
+    with_weights,
+)
 from .heads import PretrainNet2d, ProjectionHead
 from .unet2d import (
     UNET2D_DIVISOR,
@@ -36,6 +43,8 @@ __all__ = [
     "init_kaiming_normal",
     "load_encoder_weights",
     "with_encoder_weights",
+    "with_weights",
+    "PRETRAIN_HINT",
 ]
 
 from .sal import PositionalHead, SalPretrainNet2d  # noqa: E402
