@@ -35,6 +35,7 @@ try:
 except ImportError:  # imported from elsewhere rather than run as `python tools/run_main.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bundle_cli import bundle_command
+import export_bundle  # noqa: E402 - found next to this file, as bundle_cli
 
 
 def _zscore(image: np.ndarray) -> np.ndarray:
@@ -127,7 +128,7 @@ def run_semi_supervised(datalist: Path, out: Path, epochs: int, seed: int) -> Pa
 
 def main(
     method: str = "coral",
-    output_dir: str = "runs/main",
+    output_dir: str | None = None,
     data_dir: str = "data/phantom",
     n: int = 20,
     n_labeled: int = 2,
@@ -142,26 +143,26 @@ def main(
     if method not in ("reference", *BUNDLES):
         raise SystemExit(f"unknown method {method!r}: choose one of {['reference', *BUNDLES]}")
     start = time.time()
-    out, data = Path(output_dir).resolve(), Path(data_dir).resolve()
-    print(f"[1/5] default data: {n} synthetic phantoms in {data}")
+    out, data = Path(output_dir or f"runs/{method}").resolve(), Path(data_dir).resolve()
+    print(f"[1/6] default data: {n} synthetic phantoms in {data}")
     write_phantom_dataset(data, n=n, seed=seed)
     datalist = data / "datalist.json"
-    print(f"[2/5] split: {n_labeled} labelled, {n_val} validation, {n_test} test, the rest unlabelled -> {datalist}")
+    print(f"[2/6] split: {n_labeled} labelled, {n_val} validation, {n_test} test, the rest unlabelled -> {datalist}")
     msd_to_datalist(data, datalist, n_labeled=n_labeled, n_val=n_val, n_test=n_test, seed=seed)
-    print("[3/5] checking every case (files, grids, label values)")
+    print("[3/6] checking every case (files, grids, label values)")
     check_datalist(datalist, progress=False)
     num_classes = 4
     pred_dir = out / "predictions"
     if method == "reference":
-        print("[4/5] reference segmentation: nearest-mean intensity classifier fitted on the labelled volumes")
+        print("[4/6] reference segmentation: nearest-mean intensity classifier fitted on the labelled volumes")
         run_reference(datalist, pred_dir, num_classes)
     elif method in SLICE_PRETRAINING:
-        print(f"[4/5] {method.upper()} end to end with the bundle (CPU-sized overlay cpu_small.json)")
+        print(f"[4/6] {method.upper()} end to end with the bundle (CPU-sized overlay cpu_small.json)")
         pred_dir = run_bundle_method(method, datalist, out, pretrain_epochs, epochs or 40, seed)
     else:
-        print("[4/5] CRLN end to end with the bundle (overlays cpu_small.json + adam.json, phantom-sized values)")
+        print("[4/6] CRLN end to end with the bundle (overlays cpu_small.json + adam.json, phantom-sized values)")
         pred_dir = run_semi_supervised(datalist, out, epochs or CRLN_EPOCHS, seed)
-    print("[5/5] evaluation of the test set (per-volume 3D metrics)")
+    print("[5/6] evaluation of the test set (per-volume 3D metrics)")
     summary = evaluate_folder(datalist, pred_dir, role="test", output_dir=out / "metrics", progress=False)
     print(format_summary(summary))
     first = load_role(datalist, "test")[0]
@@ -170,6 +171,14 @@ def main(
     pred, _ = load_nifti(find_prediction(pred_dir, case_id(first["image"])))
     title = f"{case_id(first['image'])}: {method} ({n_labeled} labelled volumes)"
     figure = plot_overlay(image, label, pred, out / "figures" / "overlay.png", title=title)
+    zip_path = None
+    if method != "reference":
+        print("[6/6] exporting the trained bundle (configs with the trained values, vendored code, weights, checksums)")
+        note = (f"synthetic phantoms (tools/make_phantoms.py, seed {seed}): {n_labeled} labelled volumes; eval_metrics "
+                f"on the {n_test} test phantoms (per-volume 3D metrics)")
+        zip_path = export_bundle.export(str(REPO_ROOT / "bundles" / BUNDLES[method]), str(out / "bundle"),
+                                        str(out / "dist"), metrics=str(out / "metrics" / "metrics_summary.json"),
+                                        data_note=note)
     print(f"\ndone in {time.time() - start:.1f} s")
     print(f"  datalist:    {datalist}")
     print(f"  predictions: {pred_dir}")
@@ -178,6 +187,7 @@ def main(
     if method != "reference":
         print(f"  model:       {out / 'bundle' / 'models' / 'model.pt'}")
         print(f"  curves:      {out / 'bundle' / 'logs'} (train/train_curve.png, pretrain/pretrain_curve.png, TensorBoard)")
+        print(f"  bundle: {zip_path}")
 
 
 if __name__ == "__main__":
