@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from bundle_helpers import BUNDLES, REPO_ROOT, export_tool
 
 NAMES = ("coral_mri_segmentation", "sal_mri_segmentation", "crln_mri_segmentation")

@@ -25,7 +25,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import convert_to_dst_type, ensure_tuple_rep
 
-__all__ = ["WholeSliceInferer", "FittedSlidingWindowInferer", "padded_size"]
+__all__ = ["FittedSlidingWindowInferer", "WholeSliceInferer", "padded_size"]
 
 
 def padded_size(size: int, divisor: int) -> int:

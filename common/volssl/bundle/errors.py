@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from pathlib import Path
 
 from ..io import VolsslInputError
 
-__all__ = ["require_file", "install_error_hook", "input_error_in"]
+__all__ = ["input_error_in", "install_error_hook", "require_file"]
 
 TRACEBACK_ENV = "VOLSSL_TRACEBACK"
 
@@ -45,12 +44,7 @@ def _hook(previous):
         if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             previous(exc_type, exc, tb)
         else:
-            where = traceback.extract_tb(tb)[-1:] if tb is not None else []
-            print(
-                f"(the run stopped on bad input{' in ' + where[0].name if where else ''}; "
-                f"set {TRACEBACK_ENV}=1 to see the traceback)",
-                file=sys.stderr,
-            )
+            print(f"(bad input: the traceback is hidden, set {TRACEBACK_ENV}=1 to see it)", file=sys.stderr)
         print(f"VolsslInputError: {found}", file=sys.stderr, flush=True)
 
     hook.volssl_hook = True  # type: ignore[attr-defined]

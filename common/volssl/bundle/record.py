@@ -30,7 +30,7 @@ import numpy as np
 
 from ..io import VolsslInputError, load_nifti, spacing_from_affine
 
-__all__ = ["RECORD_NAME", "write_training_record", "read_training_record", "training_data_stats"]
+__all__ = ["RECORD_NAME", "read_training_record", "training_data_stats", "write_training_record"]
 
 RECORD_NAME = "training_record.json"
 MAX_STAT_IMAGES = 16  # statistics from at most this many training images: enough for ranges, bounded cost

@@ -269,7 +269,7 @@ def inference_inputs(source, role: str = "test") -> list[dict]:
         files = sorted(p for p in path.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
         if not files:
             raise VolsslInputError(path, "no .nii or .nii.gz file in this folder")
-        return [{IMAGE_KEY: str(p.resolve())} for p in files]
+        return [{IMAGE_KEY: str(p.absolute())} for p in files]  # absolute, not resolved: names as the user sees them
     if path.is_file():
-        return [{IMAGE_KEY: str(path.resolve())}]
+        return [{IMAGE_KEY: str(path.absolute())}]
     raise VolsslInputError(path, "input not found (expected a datalist .json, a folder of NIfTI files or a NIfTI file)")
