@@ -206,8 +206,9 @@ def test_export_verify_standalone_download_and_load(workspace, tmp_path):
     weights.write_bytes(bytes(blob))
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "export_bundle.py"), "verify", str(tampered)],
                           capture_output=True, text=True)
-    assert proc.returncode == 1
-    assert "models/model.pt" in proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2  # tools/cli.py: bad input
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "models/model.pt: sha256 differs" in last
     assert export_tool().check(str(exported)) == []
 
     downloads = tmp_path / "downloads"

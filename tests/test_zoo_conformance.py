@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from bundle_helpers import BUNDLES, REPO_ROOT, export_tool
+from volssl.io import VolsslInputError
 
 NAMES = ("coral_mri_segmentation", "sal_mri_segmentation", "crln_mri_segmentation")
 SLICE_BUNDLES = NAMES[:2]
@@ -47,7 +48,7 @@ def test_format_check_flags_an_unstyled_config(tmp_path):
     config = tmp_path / "configs" / "x.json"
     config.parent.mkdir()
     config.write_text('{"a": [1, 2]}')
-    with pytest.raises(SystemExit, match="x.json"):
+    with pytest.raises(VolsslInputError, match="x.json"):
         export_tool().format(str(tmp_path), check=True)
     export_tool().format(str(tmp_path))
     assert config.read_text() == '{\n    "a": [\n        1,\n        2\n    ]\n}\n'

@@ -21,7 +21,7 @@ import time
 import zipfile
 from pathlib import Path
 
-import fire
+import cli  # tools/cli.py, next to this file
 
 
 def _pins(meta: dict) -> list[str]:
@@ -86,4 +86,4 @@ def run(zip_path: str, input: str, output_dir: str | None = None, venv: str = ".
 
 
 if __name__ == "__main__":
-    fire.Fire(run)
+    cli.main(run, name="check_standalone.py")

@@ -42,7 +42,13 @@ import zipfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-import fire
+
+try:
+    import cli
+except ImportError:  # imported from elsewhere rather than run as `python tools/<tool>.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import cli
+from volssl.io import VolsslInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = REPO_ROOT / "common" / "volssl"
@@ -73,13 +79,6 @@ OVERLAY_BASES = {
 IGNORED_NAMES = ("__pycache__", ".pytest_cache")
 
 
-class ExportError(SystemExit):
-    """A problem that stops the export or fails verification; the message names the file."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"export_bundle: {message}")
-
-
 def zoo_json(obj) -> str:
     """The model-zoo's JSON style: 4-space indent, lists expanded, key order kept, final newline."""
     return json.dumps(obj, indent=4, ensure_ascii=False) + "\n"
@@ -101,22 +100,21 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ExportError(f"{path}: file not found") from None
+        raise VolsslInputError(path, "file not found") from None
     except ValueError as err:
-        raise ExportError(f"{path}: not valid JSON ({err})") from None
+        raise VolsslInputError(path, f"not valid JSON ({err})") from None
 
 
 def _record(path: Path, required: bool) -> dict | None:
     if not path.is_file():
         if required:
-            raise ExportError(
-                f"{path}: training record not found; train with this version's configs (train.json writes it "
-                "when a run starts), or pass the bundle root of such a run as --run_dir"
-            )
+            raise VolsslInputError(
+                path, "training record not found; train with this version's configs (train.json writes it when a "
+                "run starts), or pass the bundle root of such a run as --run_dir")
         return None
     record = _read_json(path)
     if not isinstance(record.get("values"), dict):
-        raise ExportError(f"{path}: not a training record (no 'values' object)")
+        raise VolsslInputError(path, "not a training record (no 'values' object)")
     return record
 
 
@@ -131,7 +129,7 @@ def _check_consistent(train: dict, pretrain: dict | None) -> None:
     clash = {k: (pretrain[k], train[k]) for k in ("in_channels", "features") if k in pretrain and k in train
              and pretrain[k] != train[k]}
     if clash:
-        raise ExportError(f"the pretraining and the fine-tuning runs differ in {clash} (pretrain, train)")
+        raise VolsslInputError("pretraining_record.json", f"the pretraining and fine-tuning runs differ in {clash}")
 
 
 def _metadata(meta: dict, record: dict, metrics: dict | None, data_note: str | None) -> dict:
@@ -145,7 +143,8 @@ def _metadata(meta: dict, record: dict, metrics: dict | None, data_note: str | N
     num_classes = record["values"].get("num_classes")
     if labels:
         if num_classes is not None and len(labels) != num_classes:
-            raise ExportError(f"the datalist names {len(labels)} classes, the run trained {num_classes}")
+            raise VolsslInputError("training_record.json",
+                                   f"the datalist names {len(labels)} classes, the run trained {num_classes}")
         fmt["outputs"]["pred"]["channel_def"] = {str(k): str(v) for k, v in sorted(labels.items(), key=lambda kv: int(kv[0]))}
         named = ", ".join(f"{k} {v}" for k, v in sorted(labels.items(), key=lambda kv: int(kv[0])))
         meta["label_classes"] = f"integer label map: {named}"
@@ -181,7 +180,8 @@ def _torchscript(stage: Path) -> None:
     env = dict(os.environ, PYTHONPATH="")  # the vendored volssl, found from the bundle folder, not an installed one
     proc = subprocess.run(cmd, cwd=stage, env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not (stage / "models" / "model.ts").is_file():
-        raise ExportError(f"ckpt_export failed for {stage.name}:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        print((proc.stdout + proc.stderr)[-3000:], file=sys.stderr)
+        raise VolsslInputError(stage / "configs" / "inference.json", "ckpt_export (TorchScript) failed, see above")
     for cache in stage.rglob("__pycache__"):
         shutil.rmtree(cache, ignore_errors=True)
 
@@ -243,11 +243,11 @@ def export(
     bundle_dir, run = Path(bundle).resolve(), Path(run_dir).resolve()
     configs = bundle_dir / "configs"
     if not (configs / "metadata.json").is_file():
-        raise ExportError(f"{bundle_dir}: not a bundle folder (no configs/metadata.json)")
+        raise VolsslInputError(bundle_dir, "not a bundle folder (no configs/metadata.json)")
     has_pretraining = (configs / "pretrain.json").is_file()
     for needed in ["model.pt"] + (["pretrain.pt"] if has_pretraining else []):
         if not (run / "models" / needed).is_file():
-            raise ExportError(f"{run / 'models' / needed}: not found; is {run} the bundle root of a finished training run?")
+            raise VolsslInputError(run / "models" / needed, f"not found; is {run} the bundle root of a finished run?")
     record = _record(run / "models" / "training_record.json", required=True)
     pre_record = _record(run / "models" / "pretraining_record.json", required=False) if has_pretraining else None
     _check_consistent(record["values"], pre_record["values"] if pre_record else None)
@@ -299,12 +299,12 @@ def _bundle_root(path: Path, workdir: Path) -> Path:
     if path.is_dir():
         return path
     if not zipfile.is_zipfile(path):
-        raise ExportError(f"{path}: neither a bundle folder nor a zip file")
+        raise VolsslInputError(path, "neither a bundle folder nor a zip file")
     with zipfile.ZipFile(path) as zf:
         zf.extractall(workdir)
     tops = [p for p in workdir.iterdir() if p.is_dir()]
     if len(tops) != 1:
-        raise ExportError(f"{path}: a bundle zip holds exactly one top folder, found {[p.name for p in tops]}")
+        raise VolsslInputError(path, f"a bundle zip holds exactly one top folder, found {[p.name for p in tops]}")
     return tops[0]
 
 
@@ -400,7 +400,7 @@ def verify(path: str) -> None:
     problems = check(path)
     if problems:
         print("\n".join(f"FAIL {p}" for p in problems), file=sys.stderr)
-        raise ExportError(f"{path}: {len(problems)} problem(s), the first: {problems[0]}")
+        raise VolsslInputError(path, f"{len(problems)} problem(s), the first: {problems[0]}")
     print(f"ok {path}: every file matches {MANIFEST}, configs parse, metadata passes the zoo schema")
 
 
@@ -417,9 +417,10 @@ def format(*paths: str, check: bool = False) -> None:  # noqa: A001 - the comman
             if not check:
                 path.write_text(styled)
     if check and unstyled:
-        raise ExportError("not in the model-zoo JSON style: " + ", ".join(unstyled))
+        raise VolsslInputError(unstyled[0], f"not in the model-zoo JSON style ({len(unstyled)} file(s): "
+                               f"{', '.join(unstyled)}); run without --check to reformat")
     print(f"{len(files)} config(s) checked, {len(unstyled)} {'to reformat' if check else 'reformatted'}")
 
 
 if __name__ == "__main__":
-    fire.Fire({"export": export, "verify": verify, "format": format})
+    cli.main({"export": export, "verify": verify, "format": format}, name="export_bundle.py")

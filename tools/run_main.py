@@ -14,12 +14,12 @@ per class, fitted on the labelled volumes): no learning, the floor any method mu
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import fire
 import numpy as np
 
 from volssl.data import load_role
@@ -35,7 +35,8 @@ try:
 except ImportError:  # imported from elsewhere rather than run as `python tools/run_main.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bundle_cli import bundle_command
-import export_bundle  # noqa: E402 - found next to this file, as bundle_cli
+import cli  # noqa: E402 - found next to this file, as bundle_cli
+import export_bundle  # noqa: E402
 
 
 def _zscore(image: np.ndarray) -> np.ndarray:
@@ -73,14 +74,24 @@ CRLN_EPOCHS = 20
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# the log lines shown on the console as they come (everything goes to the log file): the per-epoch progress, the
+# files inference writes, and problems with the inputs
+CONSOLE_LOGGERS = (" - volssl.progress - ", " - volssl.outputs - ", " - volssl.inputs - WARNING", " - volssl.inputs - ERROR")
+
+
 def bundle_run(configs: list[Path], bundle_root: Path, dataset_dir: Path, log: Path, **overrides) -> None:
-    """``python -m monai.bundle run`` with the bundle's logging config; the full log goes to ``log``."""
+    """``python -m monai.bundle run`` with the bundle's logging config; the full log goes to ``log``, the progress
+    lines to the console as well."""
     args = bundle_command(configs, bundle_root, dataset_dir, overrides)
-    print("      $ python " + " ".join(args), flush=True)
+    print("      $ " + shlex.join(["python", *args]), flush=True)  # quoted: copy and paste it to rerun the step
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, *args], stdout=f, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    with open(log, "w") as f, subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                               text=True, cwd=REPO_ROOT) as proc:
+        for line in proc.stdout:
+            f.write(line)
+            if any(tag in line for tag in CONSOLE_LOGGERS):
+                print("      " + line.split(" - ", 3)[-1].rstrip(), flush=True)
     if proc.returncode != 0:
         raise SystemExit(f"failed (exit {proc.returncode}); the last lines of {log}:\n{log.read_text()[-3000:]}")
     print(f"      done in {time.time() - start:.0f} s, log {log}", flush=True)
@@ -170,7 +181,8 @@ def main(
     label, _ = load_nifti(first["label"])
     pred, _ = load_nifti(find_prediction(pred_dir, case_id(first["image"])))
     title = f"{case_id(first['image'])}: {method} ({n_labeled} labelled volumes)"
-    figure = plot_overlay(image, label, pred, out / "figures" / "overlay.png", title=title)
+    figure = plot_overlay(image, label, pred, out / "figures" / "overlay.png", title=title,
+                          class_names={int(k): entry["name"] for k, entry in summary["classes"].items()})
     zip_path = None
     if method != "reference":
         print("[6/6] exporting the trained bundle (configs with the trained values, vendored code, weights, checksums)")
@@ -191,4 +203,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    cli.main(main, name="run_main.py")

@@ -14,7 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
-__all__ = ["latest_checkpoint", "BestModelSaver", "ResumeFromLatest", "LearningCurveWriter"]
+__all__ = ["BestModelSaver", "EpochProgress", "LearningCurveWriter", "ResumeFromLatest", "latest_checkpoint"]
 
 _EPOCH_RE = re.compile(r"epoch=(\d+)")
 
@@ -237,6 +237,76 @@ class LearningCurveWriter:
         from ..viz import plot_learning_curves
 
         plot_learning_curves(self.rows, self.output_dir / f"{self.name}.png")
+
+
+class EpochProgress:
+    """One readable line per epoch: the mean training loss (and its terms), the latest validation metric with the best
+    so far, the epoch time and the time left, e.g.::
+
+        fine-tuning epoch 12/40: loss 0.4123 | val_mean_dice 0.6310 (best 0.6502 at 10) | 6.1 s/epoch, 2m51s left
+
+    Logged by the ``volssl.progress`` logger (the bundles' logging.conf prints it on the console); under
+    ``torch.distributed`` only rank 0 logs.
+
+    Args:
+        name: what is being run (``"pretraining"``, ``"fine-tuning"``, ``"training"``).
+        evaluator: the validation evaluator, when there is one.
+        metric: the evaluator's key metric (default: its first metric).
+    """
+
+    def __init__(self, name: str = "training", evaluator: Engine | None = None, metric: str | None = None) -> None:
+        self.name = name
+        self.evaluator = evaluator
+        self.metric = metric
+        self.logger = logging.getLogger("volssl.progress")
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._start = 0.0
+        self._best: tuple[float, int] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_done)
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self._sums, self._count, self._start = {}, 0, time.perf_counter()
+
+    def _accumulate(self, engine: Engine) -> None:
+        out = engine.state.output
+        out = out[0] if isinstance(out, list) and out else out
+        if isinstance(out, Mapping):
+            for key, value in out.items():
+                if isinstance(value, torch.Tensor) and value.numel() == 1:
+                    self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        self._count += 1
+
+    def _validation(self, epoch: int) -> str:
+        if self.evaluator is None or self.evaluator.state.epoch != epoch or not self.evaluator.state.metrics:
+            return ""
+        metrics = self.evaluator.state.metrics
+        name = self.metric or next(iter(metrics))
+        value = float(metrics[name])
+        if self._best is None or value > self._best[0]:
+            self._best = (value, epoch)
+        return f" | {name} {value:.4f} (best {self._best[0]:.4f} at {self._best[1]})"
+
+    def _epoch_done(self, engine: Engine) -> None:
+        if _rank() > 0:
+            return
+        seconds = time.perf_counter() - self._start
+        epoch, total = int(engine.state.epoch), int(engine.state.max_epochs)
+        losses = " ".join(f"{k} {v / max(self._count, 1):.4f}" for k, v in self._sums.items()) or "no loss"
+        left = _duration(seconds * (total - epoch))
+        self.logger.info(f"{self.name} epoch {epoch}/{total}: {losses}{self._validation(epoch)} | "
+                         f"{seconds:.1f} s/epoch, {left} left")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _finished_epoch(checkpoint) -> int | None:
