@@ -146,8 +146,9 @@ def assert_standalone_bundle(bundle: Path, run_dir: Path, datalist: Path, tmp_pa
     assert zip_path.name == f"{bundle.name}_v{json.loads((bundle / 'configs' / 'metadata.json').read_text())['version']}.zip"
     assert tool.check(str(zip_path)) == []
     bundle_dir = unzip_bundle(zip_path, tmp_path / "unzipped")
-    data = json.loads(datalist.read_text())
-    test_images = [datalist.parent / entry["image"] for entry in data["test"]]
+    from volssl.data import load_role
+
+    test_images = [Path(entry["image"]) for entry in load_role(datalist, "test")]
     sources = {"file": test_images[0], "datalist": datalist}
     if "folder" in inputs:
         folder = tmp_path / "images"
