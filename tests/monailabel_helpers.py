@@ -60,7 +60,9 @@ def _fold(config: dict, values: dict, everything: bool) -> dict:
     return config
 
 
-def standin_export(name: str, out_dir, values: dict, labels: dict, model_pt=None, pretrain_pt=None) -> Path:
+def standin_export(
+    name: str, out_dir, values: dict, labels: dict, model_pt=None, pretrain_pt=None, package_note: str | None = None
+) -> Path:
     """Write ``out_dir/<name>/`` and ``out_dir/<name>_v<version>.zip`` as the export tool will; returns the zip.
 
     Args:
@@ -69,6 +71,7 @@ def standin_export(name: str, out_dir, values: dict, labels: dict, model_pt=None
         labels: ``{"0": "background", "1": ...}`` for metadata's ``channel_def``.
         model_pt: a trained ``model.pt``; None: the inference network's initial weights.
         pretrain_pt: a pretraining checkpoint (CORAL/SAL); None: the pretraining network's and loss's initial weights.
+        package_note: a comment appended to the vendored ``volssl/__init__.py`` (a copy from another commit).
     """
     import torch
     from monai.bundle import ConfigParser
@@ -79,6 +82,9 @@ def standin_export(name: str, out_dir, values: dict, labels: dict, model_pt=None
         shutil.rmtree(target)
     shutil.copytree(BUNDLES / name, target, ignore=shutil.ignore_patterns("__pycache__", "models", "eval", "logs"))
     shutil.copytree(PACKAGE_SOURCE, target / "volssl", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if package_note:
+        with open(target / "volssl" / "__init__.py", "a") as f:
+            f.write(f"# {package_note}\n")
     configs = target / "configs"
     for overlay in ("cpu_small.json", "adam.json"):
         (configs / overlay).unlink(missing_ok=True)
@@ -150,7 +156,7 @@ class Server:
         env.update(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
         cmd = ["bash", str(REPO_ROOT / "tools" / "monailabel.sh"), "serve", "--studies", str(studies),
                "--app_dir", str(app_dir), "--port", str(self.port), *[str(b) for b in bundles]]
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - open while the server runs; closed by stop()
         self.process = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
 
@@ -197,7 +203,7 @@ class Server:
     def infer(self, model: str, image_id: str, timeout: float = 600) -> tuple[bytes, float]:
         """``POST /infer/<model>?image=<id>&output=image``: the label map file's bytes and the seconds it took."""
         start = time.time()
-        status, headers, body = self.request("POST", f"/infer/{model}?image={image_id}&output=image",
+        status, _, body = self.request("POST", f"/infer/{model}?image={image_id}&output=image",
                                              b"", {"Content-Type": "application/json"}, timeout=timeout)
         assert status == 200, status
         return body, time.time() - start

@@ -15,7 +15,7 @@ venv="${VOLSSL_MONAILABEL_VENV:-$root/.venv-monailabel}"
 python="${PYTHON:-python3}"
 
 usage() {
-    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 

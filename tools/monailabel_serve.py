@@ -32,7 +32,8 @@ class BundleError(ValueError):
 
 
 def _bundle_problems(path: Path) -> list[str]:
-    problems = [f"configs/{c} is missing" for c in ("metadata.json", "inference.json") if not (path / "configs" / c).is_file()]
+    configs = ("metadata.json", "inference.json")
+    problems = [f"configs/{c} is missing" for c in configs if not (path / "configs" / c).is_file()]
     if not ((path / "models" / "model.pt").is_file() or (path / "models" / "model.ts").is_file()):
         problems.append("models/model.pt (or model.ts) is missing: export a trained bundle")
     if not (path / PACKAGE / "__init__.py").is_file():

@@ -1,4 +1,4 @@
-"""MONAI Label app serving the volssl bundles found in its ``model/`` folder (laid out by ``tools/monailabel.sh serve``).
+"""MONAI Label app serving the volssl bundles in its ``model/`` folder (laid out by ``tools/monailabel.sh serve``).
 
 Like MONAI Label's ``monaibundle`` sample app, each bundle becomes one segmentation model (``/infer/<bundle>``) and one
 trainer (``/train/<bundle>``); unlike it, the bundles come only from the local ``model/`` folder (no zoo download, no
@@ -15,19 +15,18 @@ from __future__ import annotations
 import logging
 import os
 
-# before anything imports monailabel.transform.post (see the module's docstring)
+# before anything imports monailabel.transform.post, which needs torchvision.utils (see lib/torchvision_fallback.py)
 from lib.torchvision_fallback import provide_torchvision_utils_if_missing
 
 provide_torchvision_utils_if_missing()
 
-import monailabel  # noqa: E402
-from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
-from monailabel.tasks.activelearning.first import First  # noqa: E402
-from monailabel.tasks.activelearning.random import Random  # noqa: E402
-from monailabel.utils.others.generic import strtobool  # noqa: E402
-
-from lib.tasks import VolsslBundleInferTask, VolsslBundleTrainTask  # noqa: E402
-from lib.volssl_bundles import find_bundles  # noqa: E402
+import monailabel
+from lib.tasks import VolsslBundleInferTask, VolsslBundleTrainTask
+from lib.volssl_bundles import find_bundles
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+from monailabel.utils.others.generic import strtobool
 
 logger = logging.getLogger(__name__)
 

@@ -129,15 +129,15 @@ class VolsslBundleTrainTask(BundleTrainTask):
             overrides["resume"] = resume
             logger.info(f"resume: {why}")
 
-        # the pretrained encoder is read at start-up; with model.pt loaded over it, it is not needed
+        # the pretrained encoder is read when the network is built; model.pt, when loaded, replaces it at the start
+        start = f"from {model_pt}" if from_model else "from the bundle's initial weights"
         if config.get("load_pretrain", False):
             pretrained_ckpt = self._resolve("pretrained_ckpt")
             if pretrained_ckpt and not os.path.exists(pretrained_ckpt):
                 overrides["load_pretrain"] = False
                 logger.warning(f"{pretrained_ckpt} is missing: the encoder starts from its initial weights")
             elif pretrained_ckpt and not from_model:
-                logger.info(f"encoder initialised from the pretrained checkpoint {pretrained_ckpt}")
-        start = f"from {model_pt}" if from_model else "from the bundle's initial weights"
+                start = f"from the pretrained encoder {pretrained_ckpt} (decoder: initial weights)"
 
         if self.semi_supervised and config.get("mode", "") != "supervised":
             pool, source = semi_supervised_pool(train, self._unlabelled_images)

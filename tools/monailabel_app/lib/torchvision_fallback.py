@@ -31,7 +31,7 @@ def provide_torchvision_utils_if_missing() -> bool:
     """Register the stand-in ``torchvision.utils`` when torchvision cannot be imported; True when it did."""
     try:
         import torchvision.utils  # noqa: F401
-    except Exception as error:  # ImportError when absent; RuntimeError from a CUDA build beside a CPU torch
+    except Exception as error:  # noqa: BLE001 - ImportError if absent, RuntimeError if CUDA-built beside CPU torch
         reason = f"{type(error).__name__}: {error}"
     else:
         return False

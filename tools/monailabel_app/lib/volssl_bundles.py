@@ -33,7 +33,8 @@ def find_bundles(model_dir, names=None) -> dict[str, Path]:
     no such bundle folder raises ``FileNotFoundError`` naming what is there (the sample app would try a zoo download).
     """
     model_dir = Path(model_dir)
-    found = {p.name: p for p in sorted(model_dir.iterdir()) if p.is_dir() and is_bundle(p)} if model_dir.is_dir() else {}
+    folders = sorted(model_dir.iterdir()) if model_dir.is_dir() else []
+    found = {p.name: p for p in folders if p.is_dir() and is_bundle(p)}
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not names:
