@@ -1,10 +1,7 @@
 """Support for the MONAI Label tests: stand-in exported bundles and a real server on 127.0.0.1.
 
-``standin_export`` writes what ``tools/export_bundle.py`` (the standalone-bundles issue) produces, as far as MONAI
-Label reads it: ``<name>/`` with the configs (trained values folded in, the real label names in metadata.json's
-``channel_def``), the vendored ``volssl/``, ``models/model.pt`` and, for CORAL/SAL, ``models/pretrain.pt``
-(``{"network", "loss"}`` state dicts), plus ``<name>_v<version>.zip``. Weights are the given files or, for the
-plumbing tests, the networks' initial weights. Once the export tool is in main, the tests should call it instead.
+``standin_export`` exports a bundle with ``tools/export_bundle.py`` from a run folder that holds the given weights or,
+for the plumbing tests, the networks' initial weights (no training needed), and unzips it next to the zip.
 """
 
 from __future__ import annotations
@@ -24,9 +21,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = REPO_ROOT / "bundles"
-PACKAGE_SOURCE = REPO_ROOT / "common" / "volssl"
 MONAILABEL_VENV = Path(os.environ.get("VOLSSL_MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
-CONFIG_FILES = ("train.json", "inference.json", "evaluate.json", "pretrain.json")
 # values the main job trains the phantoms with (tools/run_main.py: cpu_small.json overlays + CRLN_PHANTOM)
 PHANTOM_VALUES = {
     "coral_mri_segmentation": "cpu_small.json",
@@ -35,11 +30,6 @@ PHANTOM_VALUES = {
 }
 CRLN_PHANTOM = {"num_classes": 4, "n_filters": 8, "patch_size": [48, 48, 16], "iterations_per_epoch": 20,
                 "rectify_after_epoch": 2, "val_interval": 1, "dropout": 0.0}
-
-
-def dump_config(obj) -> str:
-    """The project's bundle JSON style."""
-    return json.dumps(obj, indent=4, ensure_ascii=False) + "\n"
 
 
 def phantom_values(name: str) -> dict:
@@ -53,76 +43,81 @@ def phantom_values(name: str) -> dict:
     return values
 
 
-def _fold(config: dict, values: dict, everything: bool) -> dict:
-    for key, value in values.items():
-        if everything or key in config:
-            config[key] = value
-    return config
+def _initial_run(name: str, run_dir: Path, values: dict, labels: dict, model_pt=None, pretrain_pt=None) -> Path:
+    """A training run's bundle root as ``tools/export_bundle.py`` reads it (``models/model.pt``, ``pretrain.pt``,
+    the training records), with the given weights or, for the plumbing tests, the networks' initial weights."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    configs = BUNDLES / name / "configs"
+    models = run_dir / "models"
+    models.mkdir(parents=True, exist_ok=True)
+
+    def parsed(config: str) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config(str(configs / config))
+        for key, value in values.items():
+            if key in parser:
+                parser[key] = value
+        parser["bundle_root"], parser["device"] = str(run_dir), "cpu"
+        return parser
+
+    train = json.loads((configs / "train.json").read_text())
+    record = {"values": {k: v for k, v in values.items() if k in train.get("trained_values", {})}, "labels": labels}
+    (models / "training_record.json").write_text(json.dumps(record))
+    if model_pt is not None:
+        shutil.copy2(model_pt, models / "model.pt")
+    else:
+        torch.save(parsed("inference.json").get_parsed_content("network_def").state_dict(), models / "model.pt")
+    if (configs / "pretrain.json").is_file():
+        pretrain = json.loads((configs / "pretrain.json").read_text())
+        pre_values = {k: v for k, v in values.items() if k in pretrain.get("trained_values", {})}
+        (models / "pretraining_record.json").write_text(json.dumps({"values": pre_values}))
+        if pretrain_pt is not None:
+            shutil.copy2(pretrain_pt, models / "pretrain.pt")
+        else:
+            parser = parsed("pretrain.json")
+            state = {"network": parser.get_parsed_content("network").state_dict(),
+                     "loss": parser.get_parsed_content("loss_function").state_dict()}
+            torch.save(state, models / "pretrain.pt")
+    return run_dir
 
 
 def standin_export(
     name: str, out_dir, values: dict, labels: dict, model_pt=None, pretrain_pt=None, package_note: str | None = None
 ) -> Path:
-    """Write ``out_dir/<name>/`` and ``out_dir/<name>_v<version>.zip`` as the export tool will; returns the zip.
+    """Export ``name`` with ``tools/export_bundle.py`` from a run folder holding the given (or initial) weights and a
+    training record of ``values`` and ``labels``; also unzip it to ``out_dir/<name>/``. Returns the zip.
 
     Args:
         name: a folder of ``bundles/``.
-        values: trained values folded into every config that has the key (train.json takes them all).
-        labels: ``{"0": "background", "1": ...}`` for metadata's ``channel_def``.
+        values: the trained values (what a run with these overlays records).
+        labels: ``{"0": "background", "1": ...}``, the training datalist's label names.
         model_pt: a trained ``model.pt``; None: the inference network's initial weights.
         pretrain_pt: a pretraining checkpoint (CORAL/SAL); None: the pretraining network's and loss's initial weights.
-        package_note: a comment appended to the vendored ``volssl/__init__.py`` (a copy from another commit).
+        package_note: a comment appended to the vendored ``volssl/__init__.py`` (a copy from another commit; the
+            zip is rewritten with it, so it no longer verifies).
     """
-    import torch
-    from monai.bundle import ConfigParser
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import export_bundle
 
     out_dir = Path(out_dir)
+    run_dir = _initial_run(name, out_dir / "runs" / name, values, labels, model_pt, pretrain_pt)
+    archive = Path(export_bundle.export(str(BUNDLES / name), str(run_dir), str(out_dir)))
     target = out_dir / name
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(BUNDLES / name, target, ignore=shutil.ignore_patterns("__pycache__", "models", "eval", "logs"))
-    shutil.copytree(PACKAGE_SOURCE, target / "volssl", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(out_dir)
     if package_note:
         with open(target / "volssl" / "__init__.py", "a") as f:
             f.write(f"# {package_note}\n")
-    configs = target / "configs"
-    for overlay in ("cpu_small.json", "adam.json"):
-        (configs / overlay).unlink(missing_ok=True)
-    for file in CONFIG_FILES:
-        path = configs / file
-        if path.is_file():
-            config = _fold(json.loads(path.read_text()), values, everything=file == "train.json")
-            path.write_text(dump_config(config))
-    metadata = json.loads((configs / "metadata.json").read_text())
-    metadata["network_data_format"]["outputs"]["pred"]["channel_def"] = dict(labels)
-    (configs / "metadata.json").write_text(dump_config(metadata))
-
-    models = target / "models"
-    models.mkdir(exist_ok=True)
-    if model_pt is not None:
-        shutil.copy2(model_pt, models / "model.pt")
-    else:
-        parser = ConfigParser()
-        parser.read_config(configs / "inference.json")
-        parser["bundle_root"] = str(target)
-        torch.save(parser.get_parsed_content("network_def").state_dict(), models / "model.pt")
-    if (configs / "pretrain.json").is_file():
-        if pretrain_pt is not None:
-            shutil.copy2(pretrain_pt, models / "pretrain.pt")
-        else:
-            parser = ConfigParser()
-            parser.read_config(configs / "pretrain.json")
-            parser["bundle_root"] = str(target)
-            parser["device"] = "cpu"
-            state = {"network": parser.get_parsed_content("network").state_dict(),
-                     "loss": parser.get_parsed_content("loss_function").state_dict()}
-            torch.save(state, models / "pretrain.pt")
-
-    archive = out_dir / f"{name}_v{metadata['version']}.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(target.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(out_dir).as_posix())
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(target.rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(out_dir).as_posix())
     return archive
 
 

@@ -79,7 +79,12 @@ def test_train_loads_pretrained_encoder(workspace):
 
 
 def test_train_resumes_from_last_checkpoint(workspace):
-    """Asking for one more epoch continues from the saved epoch instead of starting again."""
+    """An interrupted run continues from its saved epoch instead of starting again (the checkpoint of the finished
+    2-epoch run is made to look like one of a 3-epoch run stopped after epoch 2)."""
+    ckpt = workspace["bundle_root"] / "models" / "train_checkpoints" / f"checkpoint_epoch={TINY['epochs']}.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["trainer"]["max_epochs"] = TINY["epochs"] + 1
+    torch.save(state, ckpt)
     proc = run_bundle(["run", "--config_file", config_list(CONFIGS / "train.json", workspace["tiny"]),
                        *workspace["common"], "--epochs", str(TINY["epochs"] + 1)], cwd=workspace["root"])
     out = proc.stdout + proc.stderr

@@ -45,31 +45,46 @@ def test_best_model_saver_keeps_the_best_across_a_resume(tmp_path):
     assert torch.allclose(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], torch.tensor(0.7))
 
 
-def _trainer_state(epochs_done: int, epoch_length: int = 3) -> dict:
+def _trainer_state(epochs_done: int, planned: int, epoch_length: int = 3) -> dict:
     engine = Engine(lambda e, b: None)
     engine.run([0] * epoch_length, max_epochs=epochs_done)
-    return engine.state_dict()
+    state = engine.state_dict()
+    state["max_epochs"] = planned  # a run planned for `planned` epochs, stopped after `epochs_done`
+    return state
 
 
-def test_a_finished_run_is_set_aside_and_a_new_run_starts(tmp_path):
-    """A new request (e.g. a second MONAI Label /train) after a finished run trains again instead of ending at once
-    (or failing on a smaller max_epochs); an unfinished run is resumed."""
-    net = torch.nn.Linear(2, 2)
-    torch.save({"network": net.state_dict(), "trainer": _trainer_state(2)}, tmp_path / "checkpoint_epoch=2.pt")
+def _resume(tmp_path, requested: int) -> Engine:
     engine = Engine(lambda e, b: None)
-    engine.state.max_epochs = 1  # the new request asks for one epoch
+    engine.state.max_epochs = requested
     ResumeFromLatest(tmp_path, {"network": torch.nn.Linear(2, 2), "trainer": engine}).attach(engine)
-    engine.run([0] * 3, max_epochs=1)
-    assert engine.state.epoch == 1 and engine.state.iteration == 3  # trained, from scratch
+    engine.run([0] * 3, max_epochs=requested)
+    return engine
+
+
+def test_only_an_interrupted_run_is_resumed(tmp_path):
+    """A new request after a finished run (e.g. a second MONAI Label /train) trains again instead of ending at once
+    or failing on a smaller max_epochs; an interrupted run is resumed; one earlier run is kept aside."""
+    net = torch.nn.Linear(2, 2)
+    torch.save({"network": net.state_dict(), "trainer": _trainer_state(2, 2)}, tmp_path / "checkpoint_epoch=2.pt")
+    engine = _resume(tmp_path, requested=1)
+    assert engine.state.epoch == 1 and engine.state.iteration == 3  # trained, as a new run
     assert not (tmp_path / "checkpoint_epoch=2.pt").exists()
     assert len(list(tmp_path.glob("previous_*/checkpoint_epoch=2.pt"))) == 1
 
-    torch.save({"network": net.state_dict(), "trainer": _trainer_state(2)}, tmp_path / "checkpoint_epoch=2.pt")
-    engine = Engine(lambda e, b: None)
-    engine.state.max_epochs = 4
-    ResumeFromLatest(tmp_path, {"network": torch.nn.Linear(2, 2), "trainer": engine}).attach(engine)
-    engine.run([0] * 3, max_epochs=4)
-    assert engine.state.epoch == 4 and engine.state.iteration == 12  # resumed at epoch 2: 2 more epochs of 3
+    torch.save({"network": net.state_dict(), "trainer": _trainer_state(2, 2)}, tmp_path / "checkpoint_epoch=2.pt")
+    engine = _resume(tmp_path, requested=4)  # more epochs than the finished run had: still a new run
+    assert engine.state.epoch == 4 and engine.state.iteration == 12
+    assert not (tmp_path / "checkpoint_epoch=2.pt").exists()
+
+    torch.save({"network": net.state_dict(), "trainer": _trainer_state(2, 4)}, tmp_path / "checkpoint_epoch=2.pt")
+    engine = _resume(tmp_path, requested=4)  # interrupted at epoch 2 of 4: resumed, 2 more epochs
+    assert engine.state.epoch == 4 and engine.state.iteration == 12
+    assert (tmp_path / "checkpoint_epoch=2.pt").exists()  # resumed from, not set aside
+    assert len(list(tmp_path.glob("previous_*"))) == 1  # only the last set-aside run is kept
+
+    torch.save({"network": net.state_dict(), "trainer": _trainer_state(2, 4)}, tmp_path / "checkpoint_epoch=2.pt")
+    engine = _resume(tmp_path, requested=2)  # interrupted, but the request wants no more epochs than it has
+    assert engine.state.epoch == 2 and engine.state.iteration == 6
 
 
 def test_with_weights_loads_a_whole_network_and_names_a_mismatch(tmp_path):

@@ -6,6 +6,7 @@ import csv
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,10 +37,12 @@ class ResumeFromLatest:
     then continues from the saved epoch. Files are read with ``torch.load(weights_only=True)``. With ``enabled=False``
     or no checkpoint, the run starts from scratch (and says so in the log).
 
-    Only an unfinished run is resumed: when the newest checkpoint's trainer epoch has reached the trainer's
-    ``max_epochs`` (a finished run, e.g. a second MONAI Label ``/train`` request), its checkpoints are moved aside
-    and a new run starts (initialised as the config says, e.g. from ``init_weights``), so a new request is never a
-    no-op and never fails on a smaller ``max_epochs``.
+    Only an interrupted run is resumed: one whose newest checkpoint is short of its own ``max_epochs`` and of the
+    epochs now asked for. A finished run (what a completed command, or an earlier MONAI Label ``/train`` request,
+    leaves behind) is never resumed: its checkpoints are moved aside into ``previous_<time>/`` (the one set aside
+    before is deleted, so that repeated requests do not fill the disk) and a new run starts, initialised as the config
+    says (``init_weights``, the pretrained encoder, or a ``CheckpointLoader`` of ``models/model.pt`` as MONAI Label
+    adds). To train a finished model further, start a new run from it with ``--init_weights models/model.pt``.
 
     A resumed ``CheckpointSaver`` does not know the files of the interrupted run, so this handler also prunes, at each
     epoch end, the interval checkpoints older than the newest one (``keep_only_latest``).
@@ -85,15 +88,18 @@ class ResumeFromLatest:
         return None, None
 
     def _set_aside(self, why: str) -> None:
-        """Move an earlier run's checkpoints into a dated subfolder instead of mixing them with the new run's."""
+        """Move an earlier run's checkpoints into a dated subfolder instead of mixing them with the new run's; the
+        folder set aside before goes (one earlier run is kept for inspection, not every one)."""
         old = sorted(Path(self.ckpt_dir).glob("checkpoint_epoch=*.pt"))
         if not old or _rank() > 0:
             return
+        for earlier in Path(self.ckpt_dir).glob("previous_*"):
+            shutil.rmtree(earlier, ignore_errors=True)
         aside = Path(self.ckpt_dir) / time.strftime("previous_%Y%m%d-%H%M%S")
         aside.mkdir(parents=True, exist_ok=True)
         for path in old:
             os.replace(path, aside / path.name)
-        self.logger.warning(f"{why}: moved {len(old)} earlier checkpoint(s) to {aside}")
+        self.logger.warning(f"{why}; moved {len(old)} earlier checkpoint(s) to {aside}")
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
@@ -104,11 +110,16 @@ class ResumeFromLatest:
                 Events.STARTED, lambda e: e.add_event_handler(Events.EPOCH_COMPLETED, self._prune)
             )
         path, content = self._newest_readable() if self.enabled else (None, None)
-        done = _finished_epoch(content)
-        if path is not None and done is not None and done >= int(engine.state.max_epochs):
-            self._set_aside(f"{path.name} is from a finished run (epoch {done}, this run has {engine.state.max_epochs})"
-                            " so a new run starts")
-            path = None
+        progress = _progress(content)
+        if path is not None and progress is not None:
+            done, planned = progress
+            if done >= planned:
+                self._set_aside(f"{path.name} is from a finished run (epoch {done} of {planned}): a new run starts")
+                path = None
+            elif done >= int(engine.state.max_epochs):
+                self._set_aside(f"{path.name} has {done} epochs, this run asks for {engine.state.max_epochs}: "
+                                "a new run starts")
+                path = None
         if path is None:
             self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: starting a new run")
             return
@@ -309,17 +320,21 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def _finished_epoch(checkpoint) -> int | None:
-    """The trainer epoch stored in a resume checkpoint (``{"trainer": engine.state_dict(), ...}``), if any."""
+def _progress(checkpoint) -> tuple[int, int] | None:
+    """``(epochs done, epochs planned)`` of a resume checkpoint (``{"trainer": engine.state_dict(), ...}``), if any.
+
+    ignite's ``Engine.state_dict()`` stores the iteration, the epoch length and ``max_epochs``, not the epoch.
+    """
     trainer = checkpoint.get("trainer") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(trainer, Mapping):
+    if not isinstance(trainer, Mapping) or trainer.get("max_epochs") is None:
         return None
     if trainer.get("epoch") is not None:
-        return int(trainer["epoch"])
-    # ignite's Engine.state_dict() stores the iteration and the epoch length, not the epoch
-    if trainer.get("iteration") is not None and trainer.get("epoch_length"):
-        return int(trainer["iteration"]) // int(trainer["epoch_length"])
-    return None
+        done = int(trainer["epoch"])
+    elif trainer.get("iteration") is not None and trainer.get("epoch_length"):
+        done = int(trainer["iteration"]) // int(trainer["epoch_length"])
+    else:
+        return None
+    return done, int(trainer["max_epochs"])
 
 
 def _rank() -> int:

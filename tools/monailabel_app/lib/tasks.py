@@ -6,8 +6,9 @@ What they add to ``BundleInferTask`` / ``BundleTrainTask``:
 - training: a semi-supervised bundle (one whose train.json has ``unlabeled#data``, i.e. CRLN) gets the datastore's
   images that have no final label as its unlabelled pool; the log says how many labelled, validation and unlabelled
   images the run used;
-- a repeated train request starts a new run from the current ``models/model.pt`` instead of "resuming" the finished
-  run (an interrupted run is still resumed), and fewer than 3 labels still update ``models/model.pt``;
+- fewer than 3 labels still update ``models/model.pt`` (MONAI Label's 20 % validation split would hold out none);
+  a repeated train request starts a new run from the current ``models/model.pt`` because the bundle never resumes
+  a finished run (``volssl.engines.ResumeFromLatest``; an interrupted run is resumed);
 - ``pretrained: false`` trains from the shipped pretrained encoder (``models/pretrain.pt``) or from scratch, instead
   of failing in MONAI Label 0.8.5 (``os.path.exists(None)``).
 """
@@ -24,7 +25,6 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 from lib.volssl_bundles import (
     config_id_exists,
     semi_supervised_pool,
-    should_resume,
     use_bundle_package,
     validation_split,
 )
@@ -121,13 +121,6 @@ class VolsslBundleTrainTask(BundleTrainTask):
         val = overrides.get(self.const.key_validate_dataset_data())
         model_pt = os.path.join(self.bundle_path, "models", self.const.model_pytorch())
         from_model = request.get("pretrained", True) and os.path.exists(model_pt)
-
-        # resume only an interrupted run; a finished one would make this request a no-op
-        ckpt_dir = self._resolve("train_ckpt_dir")
-        if ckpt_dir and config.get("resume", False):
-            resume, why = should_resume(ckpt_dir, int(overrides[self.const.key_train_trainer_max_epochs()]))
-            overrides["resume"] = resume
-            logger.info(f"resume: {why}")
 
         # the pretrained encoder is read when the network is built; model.pt, when loaded, replaces it at the start
         start = f"from {model_pt}" if from_model else "from the bundle's initial weights"

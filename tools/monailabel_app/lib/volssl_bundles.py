@@ -1,7 +1,8 @@
 """What the volssl MONAI Label app decides about a bundle, kept apart from MONAI Label so the tests can check it.
 
-Nothing here imports monailabel; torch is imported only to read a training checkpoint. The task classes in
-``lib/tasks.py`` call these functions.
+Nothing here imports monailabel. The task classes in ``lib/tasks.py`` call these functions. Whether a train request
+resumes is the bundle's own decision (``volssl.engines.ResumeFromLatest``: only an interrupted run is resumed, a
+finished one is set aside and a new run starts), so the app passes nothing for it.
 """
 
 from __future__ import annotations
@@ -9,15 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 PACKAGE = "volssl"
-# the interval checkpoints that the bundles' ignite Checkpoint handler writes (train.json "checkpoint_saver")
-_EPOCH_RE = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
 def is_bundle(path) -> bool:
@@ -106,55 +104,6 @@ def use_bundle_package(bundle_path, package: str = PACKAGE) -> bool:
         del sys.modules[name]
     logger.info(f"{bundle_path}: its {package} differs from the loaded copy in {loaded_dir}: using its own")
     return True
-
-
-def latest_interval_checkpoint(ckpt_dir) -> tuple[Path, int] | None:
-    """The interval checkpoint with the highest epoch in ``ckpt_dir`` (the file that ``resume`` would load)."""
-    ckpt_dir = Path(ckpt_dir)
-    found = [(int(m.group(1)), p) for p in ckpt_dir.glob("checkpoint_epoch=*.pt") if (m := _EPOCH_RE.search(p.name))]
-    if not found:
-        return None
-    epoch, path = max(found)
-    return path, epoch
-
-
-def checkpoint_progress(path) -> tuple[int, int] | None:
-    """``(epoch, max_epochs)`` of the trainer state in a resume checkpoint, or None when it has none.
-
-    Ignite's engine state stores the iteration count, the epoch length and ``max_epochs``; the epoch is their ratio.
-    """
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    trainer = state.get("trainer") if isinstance(state, dict) else None
-    if not trainer or "max_epochs" not in trainer or not trainer.get("epoch_length"):
-        return None
-    return int(trainer["iteration"]) // int(trainer["epoch_length"]), int(trainer["max_epochs"])
-
-
-def should_resume(ckpt_dir, requested_epochs: int) -> tuple[bool, str]:
-    """Whether a train request continues the run whose checkpoints are in ``ckpt_dir``, and why (for the log).
-
-    Resume only an interrupted run: one whose last checkpoint is short of its own ``max_epochs`` and of the epochs now
-    requested. A finished run (what every earlier MONAI Label request leaves behind) is never resumed: the request
-    starts a new run, which MONAI Label initialises from the current ``models/model.pt``.
-    """
-    latest = latest_interval_checkpoint(ckpt_dir)
-    if latest is None:
-        return False, f"no earlier run in {ckpt_dir}: new run"
-    path, _ = latest
-    try:
-        progress = checkpoint_progress(path)
-    except Exception as error:  # noqa: BLE001 - an unreadable file is never resumed
-        return False, f"{path} cannot be read ({type(error).__name__}): new run"
-    if progress is None:
-        return False, f"{path} has no trainer state: new run"
-    epoch, max_epochs = progress
-    if epoch >= max_epochs:
-        return False, f"the earlier run finished ({path.name}: epoch {epoch} of {max_epochs}): new run"
-    if epoch >= requested_epochs:
-        return False, f"the interrupted run already has {epoch} epochs >= {requested_epochs} requested: new run"
-    return True, f"resuming the interrupted run at epoch {epoch} of {max_epochs} ({path})"
 
 
 def semi_supervised_pool(labelled: list[dict], unlabelled_images: list[str]) -> tuple[list[dict], str]:
