@@ -299,7 +299,7 @@ def test_main_job_crln_trains_with_adam_without_dropout(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(run_main, "bundle_run", lambda configs, root, data, log, **kw: calls.append((configs, kw)))
     datalist = tmp_path / "datalist.json"
-    run_main.run_semi_supervised(datalist, tmp_path / "out", run_main.CRLN_EPOCHS, seed=0)
+    run_main.run_semi_supervised(datalist, tmp_path / "out", run_main.CRLN_EPOCHS, seed=0, values=run_main.CRLN_PHANTOM)
     (train_configs, train_kw), (infer_configs, infer_kw) = calls
     assert [c.name for c in train_configs] == ["train.json", "cpu_small.json", "adam.json"]
     assert [c.name for c in infer_configs] == ["inference.json", "cpu_small.json"]

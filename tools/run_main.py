@@ -14,6 +14,7 @@ per class, fitted on the labelled volumes): no learning, the floor any method mu
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from volssl.data import load_role
+from volssl.data import load_datalist, load_role
 from volssl.data.converters import check_datalist, msd_to_datalist
 from volssl.data.datalist import case_id
 from volssl.data.phantom import write_phantom_dataset
@@ -104,12 +105,13 @@ def run_reference(datalist: Path, pred_dir: Path, num_classes: int) -> None:
         save_nifti(predict_nearest_mean(image, means), affine, pred_dir / f"{case_id(case['image'])}_seg.nii.gz")
 
 
-def run_bundle_method(method: str, datalist: Path, out: Path, pretrain_epochs: int, epochs: int, seed: int) -> Path:
+def run_bundle_method(method: str, datalist: Path, out: Path, pretrain_epochs: int, epochs: int, seed: int,
+                      values: dict) -> Path:
     """Pretrain + fine-tune + infer with a slice-pretraining bundle; returns the prediction folder."""
     configs = REPO_ROOT / "bundles" / BUNDLES[method] / "configs"
     root = out / "bundle"
     data = datalist.parent
-    common = {"datalist": str(datalist), "seed": seed}
+    common = {"datalist": str(datalist), "seed": seed, **values}
     print(f"  [a] {method} pretraining on the unlabelled pool ({pretrain_epochs} epochs)")
     bundle_run([configs / "pretrain.json", configs / "cpu_small.json"], root, data, out / "logs" / "pretrain.log",
                pretrain_epochs=pretrain_epochs, resume=False, **common)
@@ -118,22 +120,29 @@ def run_bundle_method(method: str, datalist: Path, out: Path, pretrain_epochs: i
                epochs=epochs, resume=False, **common)
     print("  [c] inference on the test set")
     bundle_run([configs / "inference.json", configs / "cpu_small.json"], root, data, out / "logs" / "infer.log",
-               output_dir=str(out / "predictions"), datalist=str(datalist))
+               output_dir=str(out / "predictions"), datalist=str(datalist), **_inference_values(configs, values))
     return out / "predictions"
 
 
-def run_semi_supervised(datalist: Path, out: Path, epochs: int, seed: int) -> Path:
+def _inference_values(configs: Path, values: dict) -> dict:
+    """The values that inference.json also has (the run's training record holds the same)."""
+    inference = json.loads((configs / "inference.json").read_text())
+    return {k: v for k, v in values.items() if k in inference}
+
+
+def run_semi_supervised(datalist: Path, out: Path, epochs: int, seed: int, values: dict) -> Path:
     """CRLN: semi-supervised training on labelled + unlabelled volumes, then inference; returns the prediction folder."""
     configs = REPO_ROOT / "bundles" / BUNDLES["crln"] / "configs"
     root, data = out / "bundle", datalist.parent
-    common = {"datalist": str(datalist), **CRLN_PHANTOM}
-    print(f"  [a] CRLN training: mean teacher + prototype rectification ({epochs} epochs of "
-          f"{CRLN_PHANTOM['iterations_per_epoch']} iterations, best checkpoint by validation Dice)")
+    common = {"datalist": str(datalist), **values}
+    iterations = values.get("iterations_per_epoch", "the configured")
+    print(f"  [a] CRLN training: mean teacher + prototype rectification ({epochs} epochs of {iterations} iterations, "
+          "best checkpoint by validation Dice)")
     bundle_run([configs / "train.json", configs / "cpu_small.json", configs / "adam.json"], root, data,
                out / "logs" / "train.log", epochs=epochs, resume=False, seed=seed, **common)
     print("  [b] inference on the test set (sliding window, rectified logits)")
     bundle_run([configs / "inference.json", configs / "cpu_small.json"], root, data, out / "logs" / "infer.log",
-               output_dir=str(out / "predictions"), **common)
+               output_dir=str(out / "predictions"), datalist=str(datalist), **_inference_values(configs, values))
     return out / "predictions"
 
 
@@ -148,31 +157,52 @@ def main(
     seed: int = 0,
     pretrain_epochs: int = 4,
     epochs: int | None = None,
+    datalist: str | None = None,
+    values: dict | None = None,
+    data_note: str | None = None,
 ) -> None:
-    """Run the main job and print where the predictions, metrics and figures are."""
+    """Run the main job and print where the predictions, metrics, figures and exported bundle are.
+
+    With ``--datalist`` the job runs on that datalist (e.g. a converted real data set) instead of writing phantoms:
+    ``--values`` are extra bundle values (e.g. ``"{'patch_size': [48, 48, 32]}"``; the number of classes comes from
+    the datalist's ``labels``), and ``--data_note`` describes the data in the exported bundle's metadata.
+    """
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen, also when piped
     if method not in ("reference", *BUNDLES):
         raise SystemExit(f"unknown method {method!r}: choose one of {['reference', *BUNDLES]}")
     start = time.time()
-    out, data = Path(output_dir or f"runs/{method}").resolve(), Path(data_dir).resolve()
-    print(f"[1/6] default data: {n} synthetic phantoms in {data}")
-    write_phantom_dataset(data, n=n, seed=seed)
-    datalist = data / "datalist.json"
-    print(f"[2/6] split: {n_labeled} labelled, {n_val} validation, {n_test} test, the rest unlabelled -> {datalist}")
-    msd_to_datalist(data, datalist, n_labeled=n_labeled, n_val=n_val, n_test=n_test, seed=seed)
+    out = Path(output_dir or f"runs/{method}").resolve()
+    if datalist is None:
+        data = Path(data_dir).resolve()
+        print(f"[1/6] default data: {n} synthetic phantoms in {data}")
+        write_phantom_dataset(data, n=n, seed=seed)
+        datalist_path = data / "datalist.json"
+        print(f"[2/6] split: {n_labeled} labelled, {n_val} validation, {n_test} test, the rest unlabelled -> "
+              f"{datalist_path}")
+        msd_to_datalist(data, datalist_path, n_labeled=n_labeled, n_val=n_val, n_test=n_test, seed=seed)
+        values = {**(CRLN_PHANTOM if method == "crln" else {}), **(values or {})}
+        data_note = data_note or (f"synthetic phantoms (tools/make_phantoms.py, seed {seed}): {n_labeled} labelled "
+                                  f"volumes; eval_metrics on the {n_test} test phantoms (per-volume 3D metrics)")
+    else:
+        datalist_path = Path(datalist).resolve()
+        print(f"[1/6] data: {datalist_path}")
+        print("[2/6] split: as the datalist says")
     print("[3/6] checking every case (files, grids, label values)")
-    check_datalist(datalist, progress=False)
-    num_classes = 4
+    counts = check_datalist(datalist_path, progress=False)
+    n_labeled = counts["training"]
+    num_classes = len(load_datalist(datalist_path, require=())["labels"])
+    values = {"num_classes": num_classes, **(values or {})}
     pred_dir = out / "predictions"
     if method == "reference":
         print("[4/6] reference segmentation: nearest-mean intensity classifier fitted on the labelled volumes")
-        run_reference(datalist, pred_dir, num_classes)
+        run_reference(datalist_path, pred_dir, num_classes)
     elif method in SLICE_PRETRAINING:
         print(f"[4/6] {method.upper()} end to end with the bundle (CPU-sized overlay cpu_small.json)")
-        pred_dir = run_bundle_method(method, datalist, out, pretrain_epochs, epochs or 40, seed)
+        pred_dir = run_bundle_method(method, datalist_path, out, pretrain_epochs, epochs or 40, seed, values)
     else:
-        print("[4/6] CRLN end to end with the bundle (overlays cpu_small.json + adam.json, phantom-sized values)")
-        pred_dir = run_semi_supervised(datalist, out, epochs or CRLN_EPOCHS, seed)
+        print("[4/6] CRLN end to end with the bundle (overlays cpu_small.json + adam.json)")
+        pred_dir = run_semi_supervised(datalist_path, out, epochs or CRLN_EPOCHS, seed, values)
+    datalist = datalist_path
     print("[5/6] evaluation of the test set (per-volume 3D metrics)")
     summary = evaluate_folder(datalist, pred_dir, role="test", output_dir=out / "metrics", progress=False)
     print(format_summary(summary))
@@ -186,11 +216,9 @@ def main(
     zip_path = None
     if method != "reference":
         print("[6/6] exporting the trained bundle (configs with the trained values, vendored code, weights, checksums)")
-        note = (f"synthetic phantoms (tools/make_phantoms.py, seed {seed}): {n_labeled} labelled volumes; eval_metrics "
-                f"on the {n_test} test phantoms (per-volume 3D metrics)")
         zip_path = export_bundle.export(str(REPO_ROOT / "bundles" / BUNDLES[method]), str(out / "bundle"),
                                         str(out / "dist"), metrics=str(out / "metrics" / "metrics_summary.json"),
-                                        data_note=note)
+                                        data_note=data_note)
     print(f"\ndone in {time.time() - start:.1f} s")
     print(f"  datalist:    {datalist}")
     print(f"  predictions: {pred_dir}")
