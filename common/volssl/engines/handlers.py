@@ -289,6 +289,8 @@ class EpochProgress:
         if isinstance(out, Mapping):
             for key, value in out.items():
                 if isinstance(value, torch.Tensor) and value.numel() == 1:
+                    value = value.item()
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._sums[key] = self._sums.get(key, 0.0) + float(value)
         self._count += 1
 
