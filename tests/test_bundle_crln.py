@@ -175,7 +175,8 @@ def test_splits_and_monai_label_injection(workspace):
 
 def test_resume_after_interruption(workspace):
     """A run is killed after it saved an epoch; the next run resumes from that checkpoint (teacher, rectifier
-    optimiser, network, optimiser, scheduler, best model, trainer) instead of starting again."""
+    optimiser, network, optimiser, scheduler, best model, trainer) instead of starting again. (The killed run itself
+    starts anew: the checkpoint it finds is of the fixture's finished run.)"""
     ckpt_dir = workspace["bundle_root"] / "models" / "train_checkpoints"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
@@ -193,7 +194,8 @@ def test_resume_after_interruption(workspace):
     saved = _latest_epoch(ckpt_dir)
     assert 2 <= saved < 50
     killed_log = (workspace["root"] / "killed.log").read_text()
-    assert "checkpoint_epoch=1.pt" in killed_log and "Epoch[1] Complete" not in killed_log
+    # the fixture's 1-epoch run had finished: the 50-epoch run is a new run, not its continuation
+    assert "checkpoint_epoch=1.pt is from a finished run" in killed_log and "Epoch[1] Complete" in killed_log
 
     # the restored state is the checkpoint's: load it the way a resumed run does (ResumeFromLatest at STARTED)
     from ignite.engine import Events
@@ -382,3 +384,23 @@ def test_export_and_standalone_inference(workspace, tmp_path):
     for key, value in TINY.items():
         if key in inference and key not in ("sw_batch_size", "overlap"):
             assert inference[key] == value, key
+
+
+def test_ddp_train_with_torchrun(workspace, tmp_path):
+    """CRLN's multi-GPU overlay under torchrun (2 CPU processes, gloo; NCCL on GPUs): the step wraps the student's
+    training forwards in DDP (gradients averaged over the processes), each process keeps the configured iterations
+    per epoch, and the shipped model.pt is a plain state dict that the single-process inference network loads."""
+    from bundle_helpers import run_torchrun
+
+    common = ["--bundle_root", str(tmp_path), "--dataset_dir", str(workspace["root"] / "data"),
+              "--logging_file", str(CONFIGS / "logging.conf")]
+    proc = run_torchrun(["run", "--config_file", config_list(CONFIGS / "train.json", CONFIGS / "multi_gpu_train.json",
+                                                              workspace["tiny"]), *common, "--epochs", "2"], cwd=tmp_path)
+    assert (proc.stdout + proc.stderr).count("student forwards in DistributedDataParallel over 2 processes") == 2
+    model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith(("module.", "student.")) for k in model)
+    parser = _parser([CONFIGS / "inference.json", workspace["tiny"]], bundle_root=str(tmp_path))
+    parser.get_parsed_content("network_def").load_state_dict(model)
+    ckpt = torch.load(next((tmp_path / "models" / "train_checkpoints").glob("checkpoint_epoch=2.pt")), weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 2 * TINY["iterations_per_epoch"]
+    assert (tmp_path / "models" / "training_record.json").is_file()

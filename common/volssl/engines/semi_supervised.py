@@ -13,6 +13,7 @@ how the run is cut into epochs; the bundle config derives the counts from fracti
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 
@@ -22,7 +23,7 @@ from torch import nn
 from volssl.data.strong_aug import StrongView3d
 from volssl.losses.crln import ConfidenceWeightedCELoss, CPSLoss, CRLNSupervisedLoss, as_label_map
 
-__all__ = ["CRLN_MODES", "ema_decay", "ema_update_", "make_teacher", "sigmoid_rampup", "CRLNStep"]
+__all__ = ["CRLN_MODES", "CRLNStep", "StudentForward", "ema_decay", "ema_update_", "make_teacher", "sigmoid_rampup"]
 
 CRLN_MODES = ("crln", "mean_teacher", "supervised")
 """Modes of :class:`CRLNStep`."""
@@ -72,6 +73,45 @@ def make_teacher(student: nn.Module) -> nn.Module:
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
+
+
+class StudentForward(nn.Module):
+    """The student's training forwards of one step as one module call, so that ``DistributedDataParallel`` can wrap
+    it (DDP needs exactly one forward per backward, through the wrapper): the labelled batch (``forward_train`` with
+    the DIM in ``"crln"`` mode) and the strong view (logits and embeddings, no DIM), each in its own forward (own
+    BatchNorm statistics, as the official code) or, with ``separate_forwards=False``, in one.
+
+    ``forward(x_l, x_s)`` returns ``(out_l, out_s)``, dicts with ``logits`` (and ``rect_map``, ``embedding``... from
+    ``forward_train``); ``x_s=None`` (supervised mode) gives ``out_s=None``.
+    """
+
+    def __init__(self, student: nn.Module, crln: bool, separate_forwards: bool = True) -> None:
+        super().__init__()
+        self.student = student
+        self.crln = crln
+        self.separate_forwards = separate_forwards
+
+    def forward(self, x_l: torch.Tensor, x_s: torch.Tensor | None = None):
+        student = self.student
+        if x_s is None:
+            return (student.forward_train(x_l) if self.crln else {"logits": student(x_l)}), None
+        if not self.crln:
+            if self.separate_forwards:
+                return {"logits": student(x_l)}, {"logits": student(x_s)}
+            y_l, y_s = student(torch.cat([x_l, x_s], dim=0)).split([x_l.shape[0], x_s.shape[0]])
+            return {"logits": y_l}, {"logits": y_s}
+        if self.separate_forwards:
+            return student.forward_train(x_l), student.forward_train(x_s, rectifier=False)
+        out = student.forward_train(torch.cat([x_l, x_s], dim=0))
+        n_l = x_l.shape[0]
+        out_l = {k: v[:n_l] for k, v in out.items()}
+        out_s = {"logits": out["logits"][n_l:], "embedding": out["embedding"][n_l:]}
+        return out_l, out_s
+
+
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _plain(x) -> torch.Tensor:
@@ -133,7 +173,10 @@ class CRLNStep:
     The trainer's optimiser may hold ``a`` as well: the main loss never gives ``a`` a gradient, so it leaves it alone.
 
     Mixed precision follows ``engine.amp`` on CUDA only (autocast is off on CPU), with the engine's grad scaler;
-    the losses run in float32. Single-process: ``engine.network`` must be ``network`` (or wrap it).
+    the losses run in float32. ``engine.network`` must be ``network`` (or wrap it). Under ``torch.distributed``
+    (``torchrun`` with the bundle's ``multi_gpu_train.json``) the step wraps the student's training forwards in
+    ``DistributedDataParallel`` itself (:class:`StudentForward`) and averages ``a``'s gradient over the processes:
+    give it, and the trainer, the plain network; each process keeps its own teacher, updated from the same student.
 
     Args:
         network: the student (the trainer's network).
@@ -234,6 +277,7 @@ class CRLNStep:
             lr = 0.0 if rectifier_lr is None else float(rectifier_lr)
             self.rectifier_optimizer = torch.optim.SGD([network.a], lr=lr, momentum=rectifier_momentum)
         self._unlabeled_iter: Iterator | None = None
+        self._forward: nn.Module | None = None
 
     # -- checkpointing ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -295,26 +339,29 @@ class CRLNStep:
         with torch.enable_grad():
             loss_a = self.sup_loss(self.student.rectify(logits, rect_map), target)
             (grad,) = torch.autograd.grad(loss_a, [a])
+        if _distributed():  # one a for all processes, as DDP keeps one network
+            torch.distributed.all_reduce(grad)
+            grad /= torch.distributed.get_world_size()
         a.grad = grad
         opt.step()
         a.grad = None  # keep the trainer's optimiser (which may hold ``a``) from seeing this gradient
 
     # -- the iteration -----------------------------------------------------------------------------------------------
-    def _student_forward(self, x_l: torch.Tensor, x_s: torch.Tensor) -> tuple[dict, dict]:
-        """Student outputs on the labelled batch (with the DIM in ``"crln"`` mode) and on the strong view."""
-        student = self.student
-        if self.mode != "crln":
-            if self.separate_forwards:
-                return {"logits": student(x_l)}, {"logits": student(x_s)}
-            y_l, y_s = student(torch.cat([x_l, x_s], dim=0)).split([x_l.shape[0], x_s.shape[0]])
-            return {"logits": y_l}, {"logits": y_s}
-        if self.separate_forwards:
-            return student.forward_train(x_l), student.forward_train(x_s, rectifier=False)
-        out = student.forward_train(torch.cat([x_l, x_s], dim=0))
-        n_l = x_l.shape[0]
-        out_l = {k: v[:n_l] for k, v in out.items()}
-        out_s = {"logits": out["logits"][n_l:], "embedding": out["embedding"][n_l:]}
-        return out_l, out_s
+    def _train_forward(self, device: torch.device) -> nn.Module:
+        """:class:`StudentForward`, wrapped in ``DistributedDataParallel`` under ``torch.distributed`` (gradients
+        averaged over the processes; ``find_unused_parameters``: ``a`` and, in the strong view's forward, the DIM
+        get no gradient from the main loss)."""
+        if self._forward is None:
+            forward = StudentForward(self.student, self.mode == "crln", self.separate_forwards)
+            if _distributed():
+                from torch.nn.parallel import DistributedDataParallel
+
+                ids = [device] if device.type == "cuda" else None
+                forward = DistributedDataParallel(forward, device_ids=ids, find_unused_parameters=True)
+                logging.getLogger("volssl.crln").info(
+                    f"student forwards in DistributedDataParallel over {torch.distributed.get_world_size()} processes")
+            self._forward = forward
+        return self._forward
 
     def __call__(self, engine, batchdata: dict) -> dict[str, torch.Tensor]:
         self._check_engine(engine)
@@ -336,9 +383,10 @@ class CRLNStep:
         zero = torch.zeros((), device=device)
         unsup, cps, unsup_weight = zero, zero, 0.0
         rect_map_l: torch.Tensor | None = None
+        forward = self._train_forward(device)
         if self.mode == "supervised":
             with torch.autocast(device.type, enabled=use_amp, **amp_kwargs):
-                y_l = student(x_l)
+                y_l = forward(x_l)[0]["logits"]
             sup = self.sup_loss(y_l.float(), g)
             loss = sup
         else:
@@ -354,7 +402,7 @@ class CRLNStep:
                 conf, pseudo = torch.softmax(logits_t.float(), dim=1).max(dim=1)  # (B_u, *S) each
             x_s, y_s, c_s = self.strong_view(x_u, pseudo, conf, generator=self.generator)
             with torch.autocast(device.type, enabled=use_amp, **amp_kwargs):
-                out_l, out_s = self._student_forward(x_l, x_s.to(x_l.dtype))
+                out_l, out_s = forward(x_l, x_s.to(x_l.dtype))
             y_l, y_u = out_l["logits"].float(), out_s["logits"].float()
             if crln:
                 rect_map_l = out_l["rect_map"].float()
