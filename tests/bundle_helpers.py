@@ -133,11 +133,17 @@ def run_standalone(bundle_dir: Path, args: list[str], timeout: int = 600, check:
     return proc
 
 
-def assert_standalone_bundle(bundle: Path, run_dir: Path, datalist: Path, tmp_path: Path, inputs=("file",)) -> Path:
-    """Export the training run in ``run_dir``, check the zip verifies, then segment test images with the unzipped
-    bundle in the standalone environment (only the metadata's packages, vendored volssl), from the bundle folder,
-    for each kind of input in ``inputs`` ("file", "folder", "datalist"); each label map must lie on its image's
-    grid. Returns the zip."""
+# inference-only values: a run's overlay may set them, they are not recorded with the weights
+RUNTIME_VALUES = ("sw_batch_size", "overlap", "sw_mode")
+
+
+def assert_standalone_bundle(bundle: Path, run_dir: Path, datalist: Path, tmp_path: Path, inputs=("file",),
+                             trained: dict | None = None) -> Path:
+    """Export the training run in ``run_dir``, check the zip verifies and that its inference.json holds the
+    ``trained`` values (the run's overlay, folded in), then segment test images with the unzipped bundle in the
+    standalone environment (only the metadata's packages, vendored volssl), from the bundle folder, for each kind of
+    input in ``inputs`` ("file", "folder", "datalist"); each label map must lie on its image's grid. Returns the
+    zip."""
     import nibabel as nib
     import numpy as np
 
@@ -146,6 +152,10 @@ def assert_standalone_bundle(bundle: Path, run_dir: Path, datalist: Path, tmp_pa
     assert zip_path.name == f"{bundle.name}_v{json.loads((bundle / 'configs' / 'metadata.json').read_text())['version']}.zip"
     assert tool.check(str(zip_path)) == []
     bundle_dir = unzip_bundle(zip_path, tmp_path / "unzipped")
+    inference = json.loads((bundle_dir / "configs" / "inference.json").read_text())
+    for key, value in (trained or {}).items():
+        if key in inference and key not in RUNTIME_VALUES:
+            assert inference[key] == value, key
     from volssl.data import load_role
 
     test_images = [Path(entry["image"]) for entry in load_role(datalist, "test")]
