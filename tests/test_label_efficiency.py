@@ -223,3 +223,40 @@ def test_phantom_protocol_end_to_end(tmp_path):
     assert third.returncode == 0 and "[train " not in third.stdout and "[test " not in third.stdout
     changed = _run_tool([*args[:-1], repr({**TINY, "epochs": 5})], tmp_path)
     assert changed.returncode != 0 and "other settings (overrides)" in changed.stderr
+
+
+# --- the GPU protocol script (runs only on a GPU; here: its refusal and its plan) -----------------------------------
+
+GPU_SCRIPT = REPO_ROOT / "tools" / "gpu_protocol.sh"
+
+
+def _gpu_script(args: list[str], env_extra: dict) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", **env_extra)
+    return subprocess.run(["bash", str(GPU_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_gpu_protocol_refuses_to_start_without_cuda(tmp_path):
+    proc = _gpu_script([], {"CUDA_VISIBLE_DEVICES": "", "DATA_OUT": str(tmp_path / "data"),
+                            "OUT": str(tmp_path / "out")})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no CUDA GPU is visible" in proc.stderr and "was not started" in proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()  # nothing prepared, nothing run
+    bad = _gpu_script(["--fast"], {})
+    assert bad.returncode == 64 and "unknown argument" in bad.stderr
+
+
+def test_gpu_protocol_dry_run_prints_the_plan(tmp_path):
+    data = tmp_path / "data"
+    make_tiny_dataset(data / "acdc128", n=8, n_labeled=4, n_val=1, n_test=2)
+    make_tiny_dataset(data / "la", n=12, n_labeled=8, n_val=1, n_test=2)
+    proc = _gpu_script(["--dry-run"], {"CUDA_VISIBLE_DEVICES": "", "DATA_OUT": str(data),
+                                       "OUT": str(tmp_path / "out")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    # part A: CORAL vs random init, 2 labelled, f = 48; part B: CRLN vs supervised at 112 x 112 x 80
+    assert '"features": 48' in out and "pretrain coral seed 0" in out and "train full n2 set1 seed0 coral" in out
+    assert '"patch_size": [112, 112, 80]' in out and "train full n8 set0 seed0 supervised" in out
+    assert "crln lr" in out and "(epochs: the baseline's)" in out
+    assert not (tmp_path / "out").exists()
+    missing = _gpu_script(["--dry-run"], {"DATA_OUT": str(tmp_path / "none"), "OUT": str(tmp_path / "out")})
+    assert missing.returncode == 0 and "data not prepared yet" in missing.stdout

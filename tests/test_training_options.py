@@ -126,3 +126,24 @@ def test_crln_config_has_early_stopping():
     assert parser["early_stop_patience"] is None
     assert parser["train#resume_state#early_stop"] == "@train#early_stop"
     assert "@train#early_stop" in parser["train#handlers"]
+
+
+def test_learning_curve_png_is_throttled_and_drawn_at_the_end(tmp_path, monkeypatch):
+    import volssl.viz
+    from volssl.engines import LearningCurveWriter
+
+    drawn = []
+    monkeypatch.setattr(volssl.viz, "plot_learning_curves", lambda rows, path: drawn.append(len(rows)))
+    trainer = Engine(lambda e, b: {"loss": torch.tensor(1.0 / e.state.epoch)})
+    LearningCurveWriter(tmp_path, name="curve", png_interval_s=1e9).attach(trainer)
+    csv_rows = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: csv_rows.append(
+        len((tmp_path / "curve.csv").read_text().splitlines()) - 1))
+    trainer.run([0, 1], max_epochs=3)
+    # the CSV after every epoch; the PNG after the first epoch (none drawn yet), then only at the end
+    assert csv_rows == [1, 2, 3] and drawn == [1, 3]
+    drawn.clear()
+    every = Engine(lambda e, b: {"loss": torch.tensor(1.0)})
+    LearningCurveWriter(tmp_path / "b", name="curve", png_interval_s=0).attach(every)
+    every.run([0], max_epochs=3)
+    assert drawn == [1, 2, 3, 3]

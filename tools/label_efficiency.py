@@ -177,6 +177,25 @@ def train_record(root: Path) -> dict:
     return {"best_val_dice": best[0], "best_epoch": best[1], "epochs_run": epochs}
 
 
+def log_throughput(log: Path) -> dict:
+    """Training iterations per second from a bundle log: the iterations per epoch (the trainer's progress bar) over
+    the trainer's epoch times (ignite's ``Epoch[k] Complete. Time taken``, which include the epoch-end handlers such
+    as validation); the first epoch is left out when there are several (start-up). Empty when the log has neither."""
+    import re
+
+    if not log.is_file():
+        return {}
+    text = log.read_text(errors="replace")
+    bars = re.findall(r"\[(\d+)/(\d+)\]\s+100%", text)
+    times = [int(h) * 3600 + int(m) * 60 + float(sec) for h, m, sec in re.findall(
+        r"SupervisedTrainer - INFO - Epoch\[\d+\] Complete\. Time taken: (\d+):(\d+):([\d.]+)", text)]
+    if not bars or not times:
+        return {}
+    per_epoch = int(bars[-1][1])
+    timed = times[1:] if len(times) > 1 else times
+    return {"iterations_per_epoch": per_epoch, "its_per_s": per_epoch * len(timed) / max(sum(timed), 1e-9)}
+
+
 # --- run ------------------------------------------------------------------------------------------------------------
 
 
@@ -516,7 +535,9 @@ def collect_rows(output_dir: str) -> tuple[list[dict], dict, dict[tuple, dict[st
                             row[f"dice_{stats['name']}"] = stats["dice"]["mean"]
                     row.update({"best_val_dice": record["best_val_dice"], "best_epoch": record["best_epoch"],
                                 "epochs_run": record["epochs_run"], "epochs_max": record.get("epochs_max"),
-                                "train_s": record["train_s"], "run_dir": str(root.relative_to(out))})
+                                "train_s": record["train_s"],
+                                "its_per_s": log_throughput(root / "train.log").get("its_per_s"),
+                                "run_dir": str(root.relative_to(out))})
                     rows.append(row)
                     cases[(ft, k, s, seed, arm)] = _case_dice(root / "eval")
     return rows, protocol, cases
@@ -596,6 +617,15 @@ def summarize(output_dir: str, bootstrap_unit: str | None = None, n_boot: int = 
             f"{_fmt(r['diff_sd'])} | {r['n_better']}/{r['n_pairs']} |")
     compute = sum(float(r["train_s"]) for r in rows)
     pretrain_s = sum((_read_json(p) or {}).get("pretrain", 0.0) for p in (out / "pretrain").glob("*/timing.json"))
+    speed = []
+    for root in sorted((out / "pretrain").glob("*/")):
+        rate = log_throughput(root / "pretrain.log").get("its_per_s")
+        if rate:
+            speed.append(f"pretraining {root.name}: {rate:.2f} it/s")
+    for arm in protocol["arms"]:
+        rates = [r["its_per_s"] for r in rows if r["arm"] == arm and r.get("its_per_s")]
+        if rates:
+            speed.append(f"training {arm}: {statistics.median(rates):.2f} it/s (median over {len(rates)} runs)")
     text = "\n".join(lines)
     baseline = protocol["arms"][0]
     (out / "paired.md").write_text(
@@ -604,8 +634,12 @@ def summarize(output_dir: str, bootstrap_unit: str | None = None, n_boot: int = 
         f"learning rate chosen on validation. Bootstrap: {n_boot} resamples of "
         f"{'the pairs' if unit == 'pairs' else 'the pairs and, independently, the test cases'} (percentile "
         f"interval); t: the paired t interval. {len(rows)} runs, training {compute / 3600:.2f} h"
-        f"{f', pretraining {pretrain_s / 3600:.2f} h' if pretrain_s else ''} (wall clock).\n")
+        f"{f', pretraining {pretrain_s / 3600:.2f} h' if pretrain_s else ''} (wall clock).\n"
+        + ("\nThroughput (iterations per second of the training loops, validation included): " + "; ".join(speed)
+           + ".\n" if speed else ""))
     print(text)
+    if speed:
+        print("throughput: " + "; ".join(speed))
     plot_curve(rows, protocol, out / "curve.png", n_boot=min(n_boot, 2000))
     print(f"written: {out / 'runs.csv'}, {out / 'paired.md'}, {out / 'curve.png'}")
 
