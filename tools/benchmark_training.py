@@ -127,8 +127,10 @@ def _timed_getitem(dataset) -> list[float]:
     return spent
 
 
-def _measure_training(configs: list[str], datalist: str, overrides: dict, epochs: int, unlabeled: bool) -> dict:
-    """Run the bundle trainer for ``epochs`` epochs; time the epochs after the first."""
+def _measure_training(configs: list[str], datalist: str, overrides: dict, timed_iterations: int,
+                      unlabeled: bool) -> dict:
+    """Run the bundle trainer for one untimed epoch and then as many epochs as make at least ``timed_iterations``
+    iterations, timed."""
     from ignite.engine import Events
     from monai.bundle import ConfigParser
 
@@ -137,7 +139,9 @@ def _measure_training(configs: list[str], datalist: str, overrides: dict, epochs
         parser = ConfigParser()
         parser.read_config(configs)
         parser.update({"bundle_root": str(root), "dataset_dir": str(Path(datalist).parent), "datalist": datalist,
-                       "epochs": epochs, **overrides})
+                       **overrides})
+        per_epoch = len(parser.get_parsed_content("train#dataloader"))
+        parser["epochs"] = 1 + -(-timed_iterations // per_epoch)
         parser.get_parsed_content("initialize")
         trainer = parser.get_parsed_content("train#trainer")
         if "train#checkpointing" in parser:  # slice bundles
@@ -168,8 +172,8 @@ def _measure_training(configs: list[str], datalist: str, overrides: dict, epochs
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _finetune_variant(variant: str) -> tuple[dict, int]:
-    """Config values and epoch count of a fine-tuning variant."""
+def _finetune_variant(variant: str) -> dict:
+    """Config values of a fine-tuning variant."""
     from monai.bundle import ConfigParser
 
     configs = REPO_ROOT / "bundles" / "coral_mri_segmentation" / "configs"
@@ -177,12 +181,12 @@ def _finetune_variant(variant: str) -> tuple[dict, int]:
     parser.read_config(str(configs / "train.json"))
     png = _curve_writer_path(parser["train#handlers"], "train#handlers")
     if variant == "before":
-        return {"train#dataset#track_meta": True, png: 0}, 4
+        return {"train#dataset#track_meta": True, png: 0}
     if variant == "after":
-        return {}, 4
+        return {}
     if variant.startswith("after_ipe"):
         ipe, _, workers = variant.removeprefix("after_ipe").partition("_workers")
-        return {"iterations_per_epoch": int(ipe), **({"num_workers": int(workers)} if workers else {})}, 3
+        return {"iterations_per_epoch": int(ipe), **({"num_workers": int(workers)} if workers else {})}
     raise ValueError(f"unknown fine-tuning variant {variant!r}")
 
 
@@ -262,7 +266,7 @@ def _iteration_row(times: list[float]) -> dict:
 
 def _measure_one(measure: str, data: str, variant: str, threads: int | None, datalist: str | None = None,
                  checkout: str | None = None, features: int = 16, patch: int = 64, batch: int = 32,
-                 iterations: int = 10, warmup: int = 2) -> dict:
+                 iterations: int = 10, warmup: int = 2, timed: int = 100) -> dict:
     """Runs in the worker subprocess; returns one result row."""
     import logging
 
@@ -275,10 +279,10 @@ def _measure_one(measure: str, data: str, variant: str, threads: int | None, dat
     row = {"measure": measure, "data": data, "variant": variant, "threads": torch.get_num_threads()}
     if measure == "finetune":
         configs = REPO_ROOT / "bundles" / "coral_mri_segmentation" / "configs"
-        overrides, epochs = _finetune_variant(variant)
+        overrides = _finetune_variant(variant)
         extra = {"num_classes": 3} if data == "hippocampus" else {}
         row.update(_measure_training([str(configs / "train.json"), str(configs / "cpu_small.json")], datalist,
-                                     {"load_pretrain": False, **extra, **overrides}, epochs, unlabeled=False))
+                                     {"load_pretrain": False, **extra, **overrides}, timed, unlabeled=False))
     elif measure == "crln":
         configs = REPO_ROOT / "bundles" / "crln_mri_segmentation" / "configs"
         from monai.bundle import ConfigParser
@@ -288,7 +292,7 @@ def _measure_one(measure: str, data: str, variant: str, threads: int | None, dat
         png = _curve_writer_path(parser["train#handlers"], "train#handlers")
         overrides = {png: 0} if variant == "before" else {}
         row.update(_measure_training([str(configs / n) for n in ("train.json", "cpu_small.json", "adam.json")],
-                                     datalist, {**CRLN_PHANTOM, **overrides}, 3, unlabeled=True))
+                                     datalist, {**CRLN_PHANTOM, **overrides}, timed, unlabeled=True))
     elif measure.startswith("pretrain_"):
         method = measure.removeprefix("pretrain_")
         if variant == "ours":
@@ -307,7 +311,8 @@ def _measure_one(measure: str, data: str, variant: str, threads: int | None, dat
 def benchmark(
     what=("finetune", "crln", "pretrain"),
     datasets=None,
-    ipe: int = 50,
+    ipe: int = 100,
+    timed: int = 100,
     public_coral: str | None = None,
     public_pcl: str | None = None,
     features: int = 16,
@@ -322,7 +327,8 @@ def benchmark(
     Args:
         what: the measurements: ``finetune``, ``crln``, ``pretrain``.
         datasets: the fine-tuning data sets (default ``['phantom', 'hippocampus']``, the latter when present).
-        ipe: ``iterations_per_epoch`` of the ``after_ipe`` fine-tuning variant.
+        ipe: ``iterations_per_epoch`` of the ``after_ipe`` fine-tuning variants.
+        timed: timed training iterations per fine-tuning and CRLN measurement (whole epochs, after an untimed one).
         public_coral: a checkout of github.com/haoyiwang25/CORAL (pretraining comparison; skipped when absent).
         public_pcl: a checkout of github.com/dewenzeng/positional_cl (PCL comparison; skipped when absent).
         features, patch, batch: pretraining settings (base width, square patch side, slices per batch).
@@ -344,17 +350,17 @@ def benchmark(
                 datalist = str(_datalist(name, tmp))
                 variants = ["before", "after", f"after_ipe{ipe}", f"after_ipe{ipe}_workers1"]
                 found = [common.spawn(__file__, measure="finetune", data=name, variant=v, threads=threads,
-                                      datalist=datalist) for v in variants]
+                                      datalist=datalist, timed=timed) for v in variants]
                 rows += _with_speedup(found)
         if "crln" in what:
             datalist = str(_datalist("phantom", tmp))
             found = [common.spawn(__file__, measure="crln", data="phantom", variant=v, threads=threads,
-                                  datalist=datalist) for v in ("before", "after")]
+                                  datalist=datalist, timed=timed) for v in ("before", "after")]
             rows += _with_speedup(found)
         if "pretrain" in what:
             for method, checkout in (("coral", public_coral), ("pcl", public_pcl)):
-                kw = dict(measure=f"pretrain_{method}", data="synthetic", threads=threads, features=features,
-                          patch=patch, batch=batch, iterations=iterations)
+                kw = {"measure": f"pretrain_{method}", "data": "synthetic", "threads": threads, "features": features,
+                      "patch": patch, "batch": batch, "iterations": iterations}
                 if not checkout:
                     print(f"pretrain_{method}: no public checkout given (--public_{method}): ours only")
                     rows.append(common.spawn(__file__, variant="ours", **kw))

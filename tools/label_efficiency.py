@@ -5,11 +5,12 @@ baseline with bootstrap 95 % confidence intervals and a label-efficiency curve.
     # slice pretraining (random init, PCL, CORAL, SAL), full and frozen-encoder fine-tuning
     python tools/label_efficiency.py run --datalist runs/data/acdc96/datalist.json --output_dir runs/le_acdc \\
         --family slice --label_counts "[1,2]" --n_sets 3 --seeds "[0,1]" --group_regex 'patient\\d+' \\
-        --lr_grid "[1e-3,3e-4]" --patience 10 --train_overrides "{'epochs': 100, 'iterations_per_epoch': 20}" \\
-        --pretrain_overrides "{'pretrain_epochs': 50}"
+        --lr_grid "[1e-3,3e-4]" --patience 5 --overrides "{'patch_size': [96, 96]}" \\
+        --train_overrides "{'epochs': 40, 'iterations_per_epoch': 50}" --pretrain_overrides "{'pretrain_epochs': 50}"
     # semi-supervised (supervised-only, mean teacher, CRLN) on LA-half, 8 labelled volumes
-    python tools/label_efficiency.py run --datalist runs/data/la_all/datalist.json --output_dir runs/le_la \\
-        --family semi --label_counts "[8]" --n_sets 3 --seeds "[0,1]" --overlay cpu_small.json,adam.json
+    python tools/label_efficiency.py run --datalist runs/data/la_pool/datalist.json --output_dir runs/le_la \\
+        --family semi --label_counts "[8]" --n_sets 3 --seeds "[0,1]" --patience 5 \\
+        --train_overrides "{'epochs': 40, 'iterations_per_epoch': 50, 'val_interval': 1}"
     python tools/label_efficiency.py summarize runs/le_acdc
     python tools/label_efficiency.py run ... --dry_run     # the plan: every step, done or to do, nothing run
     python tools/label_efficiency.py crop runs/data/acdc/datalist.json runs/data/acdc96 --size "[96,96]"
@@ -45,18 +46,19 @@ sets and seeds may be added).
 
 **Outputs** (``summarize``, also at the end of ``run``): ``runs.csv`` (one row per run), ``paired.csv`` /
 ``paired.md`` (per fine-tuning mode and count, each arm minus the baseline over the same pairs: mean, bootstrap 95 %
-CI, paired t interval, sd, pairs better; see ``paired_stats.py`` for the bootstrap), ``curve.png`` (test Dice
-against labelled volumes, one line per arm, a 95 % bootstrap band over pairs; one panel per fine-tuning mode) and
-``lr_choice.json``.
+CI, paired t interval, sd, pairs better; see ``paired_stats.py`` for the bootstrap; with ``--eval_variants`` also
+per extra evaluation, e.g. a CRLN teacher), ``curve.png`` (test Dice against labelled volumes, one line per arm, a
+95 % bootstrap band over pairs; one panel per fine-tuning mode) and ``lr_choice.json``. ``runs.csv`` has each
+run's training throughput (``its_per_s``, from its log) and ``paired.md`` the compute the protocol took.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import fire
@@ -170,7 +172,10 @@ def train_record(root: Path) -> dict:
     """What the tool records after a training step: the validation curve's best value and epoch, the epochs run and
     whether the run stopped early (from ``logs/train/train_curve.csv``, written by ``LearningCurveWriter``)."""
     curve = root / "logs" / "train" / "train_curve.csv"
-    rows = list(csv.DictReader(open(curve))) if curve.is_file() else []
+    rows = []
+    if curve.is_file():
+        with open(curve) as f:
+            rows = list(csv.DictReader(f))
     val = [(float(r["val_mean_dice"]), int(float(r["epoch"]))) for r in rows if r.get("val_mean_dice")]
     best = max(val, key=lambda v: (v[0], -v[1])) if val else (float("nan"), -1)
     epochs = max((int(float(r["epoch"])) for r in rows), default=0)
@@ -237,6 +242,7 @@ def run(
     finetune_bundle: str = CORAL_BUNDLE,
     semi_bundle: str = CRLN_BUNDLE,
     bootstrap_unit: str = "pairs",
+    eval_variants=None,
     dry_run: bool = False,
 ) -> None:
     """Run (or continue) the protocol, then summarise.
@@ -266,6 +272,10 @@ def run(
         finetune_bundle: the bundle whose train/inference/evaluate configs fine-tune every slice arm.
         semi_bundle: the semi-supervised bundle (``mode`` switch).
         bootstrap_unit: ``pairs`` or ``pairs_and_cases`` (see ``paired_stats.py``).
+        eval_variants: more test evaluations of every run, ``{name: config values of inference.json +
+            evaluate.json}``, ``{root}`` in a string value standing for the run's bundle root, e.g. ``{'teacher':
+            {'checkpoint': '{root}/models/model_teacher.pt'}}``; each writes ``eval_<name>/`` and gets its own rows in
+            the paired table (column ``model``). Default: none (the model selected on validation, ``eval/``).
         dry_run: print the plan (each step, done or to do) and run nothing.
     """
     if family not in FAMILIES:
@@ -308,14 +318,16 @@ def run(
     _check_settings(out, settings)
     proto = Protocol(settings, arms, label_counts, int(n_sets), seeds, finetune, out)
     sets = draw_labelled_sets(datalist_path, label_counts, proto.n_sets, group_regex, proto.s["set_seed"])
-    runner = _Runner(proto, configs, extra, dry_run)
+    variants = dict(parse_literal(eval_variants, {}))
+    runner = _Runner(proto, configs, extra, dry_run, variants)
     if not dry_run:
         from volssl.data.datalist import save_datalist
 
         out.mkdir(parents=True, exist_ok=True)
         (out / "protocol.json").write_text(json.dumps({
             "settings": settings, "arms": proto.arms, "label_counts": label_counts, "n_sets": proto.n_sets,
-            "seeds": seeds, "finetune": finetune, "bootstrap_unit": bootstrap_unit}, indent=2) + "\n")
+            "seeds": seeds, "finetune": finetune, "bootstrap_unit": bootstrap_unit, "eval_variants": variants},
+            indent=2) + "\n")
         for (k, s), derived in sets.items():
             if not proto.set_path(k, s).is_file():
                 save_datalist(derived, proto.set_path(k, s))
@@ -331,8 +343,8 @@ class _Runner:
     learning-rate grid on the tuning pairs; then pair by pair (so a stopped protocol has whole pairs) the remaining
     runs at the chosen rate and the test evaluations."""
 
-    def __init__(self, proto: Protocol, configs: Path, extra: list[Path], dry_run: bool) -> None:
-        self.p, self.configs, self.extra, self.dry_run = proto, configs, extra, dry_run
+    def __init__(self, proto: Protocol, configs: Path, extra: list[Path], dry_run: bool, variants: dict) -> None:
+        self.p, self.configs, self.extra, self.dry_run, self.variants = proto, configs, extra, dry_run, variants
         self.todo: list[str] = []
         self.done = 0
         self.lr_choice: dict[str, float] = dict(_read_json(proto.out / "lr_choice.json") or {})
@@ -456,6 +468,14 @@ class _Runner:
         self._step(f"test {ft} n{k} set{s} seed{seed} {arm} lr {lr:g}",
                    (root / "eval" / "metrics_summary.json").is_file(),
                    lambda: bundle_run(files, root, p.set_path(k, s).parent, over, root / "evaluate.log"))
+        for name, values in self.variants.items():
+            folder = root / f"eval_{name}"
+            extra = {key: v.replace("{root}", str(root)) if isinstance(v, str) else v for key, v in values.items()}
+            extra.update({"output_dir": str(folder / "predictions"), "metrics_dir": str(folder)})
+            self._step(f"test ({name}) {ft} n{k} set{s} seed{seed} {arm} lr {lr:g}",
+                       (folder / "metrics_summary.json").is_file(),
+                       lambda extra=extra, name=name: bundle_run(files, root, p.set_path(k, s).parent,
+                                                                 {**over, **extra}, root / f"evaluate_{name}.log"))
 
     def tune_and_train(self) -> None:
         p = self.p
@@ -494,9 +514,10 @@ def _case_dice(eval_dir: Path) -> dict[str, float]:
     if not path.is_file():
         return {}
     per: dict[str, list[float]] = {}
-    for r in csv.DictReader(open(path)):
-        if r.get("dice") not in (None, ""):
-            per.setdefault(r["case"], []).append(float(r["dice"]))
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            if r.get("dice") not in (None, ""):
+                per.setdefault(r["case"], []).append(float(r["dice"]))
     return {c: statistics.fmean(v) for c, v in per.items()}
 
 
@@ -538,46 +559,55 @@ def collect_rows(output_dir: str) -> tuple[list[dict], dict, dict[tuple, dict[st
                                 "train_s": record["train_s"],
                                 "its_per_s": log_throughput(root / "train.log").get("its_per_s"),
                                 "run_dir": str(root.relative_to(out))})
+                    for name in protocol.get("eval_variants", {}):
+                        extra = _read_json(root / f"eval_{name}" / "metrics_summary.json")
+                        if extra is not None:
+                            row[f"dice_mean_fg_{name}"] = extra["mean_foreground"]["dice"]["mean"]
+                            cases[(ft, k, s, seed, arm, name)] = _case_dice(root / f"eval_{name}")
                     rows.append(row)
-                    cases[(ft, k, s, seed, arm)] = _case_dice(root / "eval")
+                    cases[(ft, k, s, seed, arm, "selected")] = _case_dice(root / "eval")
     return rows, protocol, cases
 
 
-def paired_rows(rows: list[dict], protocol: dict, cases: dict, unit: str = "pairs", metric: str = "dice_mean_fg",
-                n_boot: int = 10000) -> list[dict]:
-    """Per fine-tuning mode, count and non-baseline arm: :func:`paired_stats.paired_summary` of the arm against the
-    baseline over the pairs both finished."""
+def paired_rows(rows: list[dict], protocol: dict, cases: dict, unit: str = "pairs", n_boot: int = 10000) -> list[dict]:
+    """Per model (the one selected on validation, then each evaluation variant), fine-tuning mode, count and
+    non-baseline arm: :func:`paired_stats.paired_summary` of the arm's test Dice against the baseline's over the
+    pairs both finished."""
     baseline = protocol["arms"][0]
     out = []
-    for ft in protocol["finetune"]:
-        for k in protocol["label_counts"]:
-            base = {(r["set"], r["seed"]): r for r in rows
-                    if r["finetune"] == ft and r["label_count"] == k and r["arm"] == baseline}
-            for arm in protocol["arms"][1:]:
-                mine = {(r["set"], r["seed"]): r for r in rows
-                        if r["finetune"] == ft and r["label_count"] == k and r["arm"] == arm}
-                pairs = sorted(set(base) & set(mine))
-                if not pairs:
-                    continue
-                case_diffs = None
-                if unit == "pairs_and_cases":
-                    names = sorted(set.intersection(*(set(cases[(ft, k, s, sd, a)]) for s, sd in pairs
-                                                      for a in (arm, baseline))))
-                    case_diffs = np.array([[cases[(ft, k, s, sd, arm)][c] - cases[(ft, k, s, sd, baseline)][c]
-                                            for c in names] for s, sd in pairs])
-                stats = paired_summary([mine[q][metric] for q in pairs], [base[q][metric] for q in pairs],
-                                       case_diffs=case_diffs, unit=unit, n_boot=n_boot)
-                volumes = [mine[q]["labelled_volumes"] for q in pairs if mine[q]["labelled_volumes"] is not None]
-                out.append({"finetune": ft, "label_count": k,
-                            "labelled_volumes": statistics.fmean(volumes) if volumes else None, "arm": arm,
-                            "baseline": baseline, "metric": metric, "bootstrap_unit": unit,
-                            "arm_lr": mine[pairs[0]]["learning_rate"], "baseline_lr": base[pairs[0]]["learning_rate"],
-                            **stats})
+    for model in ["selected", *protocol.get("eval_variants", {})]:
+        metric = "dice_mean_fg" if model == "selected" else f"dice_mean_fg_{model}"
+        for ft in protocol["finetune"]:
+            for k in protocol["label_counts"]:
+                def runs_of(arm, ft=ft, k=k, metric=metric):
+                    return {(r["set"], r["seed"]): r for r in rows if r["finetune"] == ft and r["label_count"] == k
+                            and r["arm"] == arm and r.get(metric) is not None}
+
+                base = runs_of(baseline)
+                for arm in protocol["arms"][1:]:
+                    mine = runs_of(arm)
+                    pairs = sorted(set(base) & set(mine))
+                    if not pairs:
+                        continue
+                    case_diffs = None
+                    if unit == "pairs_and_cases":
+                        per = {(q, a): cases[(ft, k, *q, a, model)] for q in pairs for a in (arm, baseline)}
+                        names = sorted(set.intersection(*(set(v) for v in per.values())))
+                        case_diffs = np.array([[per[(q, arm)][c] - per[(q, baseline)][c] for c in names]
+                                               for q in pairs])
+                    stats = paired_summary([mine[q][metric] for q in pairs], [base[q][metric] for q in pairs],
+                                           case_diffs=case_diffs, unit=unit, n_boot=n_boot)
+                    volumes = [mine[q]["labelled_volumes"] for q in pairs if mine[q]["labelled_volumes"] is not None]
+                    out.append({"model": model, "finetune": ft, "label_count": k,
+                                "labelled_volumes": statistics.fmean(volumes) if volumes else None, "arm": arm,
+                                "baseline": baseline, "metric": metric, "bootstrap_unit": unit,
+                                "arm_lr": mine[pairs[0]]["learning_rate"],
+                                "baseline_lr": base[pairs[0]]["learning_rate"], **stats})
     return out
 
 
 def _fmt(v, spec=".4f") -> str:
-    return "" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
 def summarize(output_dir: str, bootstrap_unit: str | None = None, n_boot: int = 10000) -> None:
@@ -605,12 +635,14 @@ def summarize(output_dir: str, bootstrap_unit: str | None = None, n_boot: int = 
             writer = csv.DictWriter(f, fieldnames=list(paired[0]))
             writer.writeheader()
             writer.writerows(paired)
-    lines = ["| fine-tuning | labelled (groups / volumes) | arm (lr) | pairs | arm Dice | baseline Dice (lr) | "
-             "difference | 95 % CI (bootstrap) | 95 % CI (t) | sd | arm better |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    with_models = bool(protocol.get("eval_variants"))
+    lines = [("| model " if with_models else "") + "| fine-tuning | labelled (groups / volumes) | arm (lr) | pairs | "
+             "arm Dice | baseline Dice (lr) | difference | 95 % CI (bootstrap) | 95 % CI (t) | sd | arm better |",
+             "|---" * (11 + with_models) + "|"]
     for r in paired:
         lines.append(
-            f"| {r['finetune']} | {r['label_count']} / {_fmt(r['labelled_volumes'], '.0f')} | {r['arm']} "
+            (f"| {r['model']} " if with_models else "")
+            + f"| {r['finetune']} | {r['label_count']} / {_fmt(r['labelled_volumes'], '.0f')} | {r['arm']} "
             f"({r['arm_lr']:g}) | {r['n_pairs']} | {_fmt(r['arm_mean'])} | {_fmt(r['baseline_mean'])} "
             f"({r['baseline_lr']:g}) | {_fmt(r['diff_mean'], '+.4f')} | [{_fmt(r['ci_low'], '+.4f')}, "
             f"{_fmt(r['ci_high'], '+.4f')}] | [{_fmt(r['t_low'], '+.4f')}, {_fmt(r['t_high'], '+.4f')}] | "

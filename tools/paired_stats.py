@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap_mean_ci", "two_way_bootstrap_ci", "t_interval", "paired_summary"]
+__all__ = ["bootstrap_mean_ci", "paired_summary", "t_interval", "two_way_bootstrap_ci"]
 
 
 def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 10000, level: float = 0.95,
@@ -37,7 +37,7 @@ def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 10000, level: float
     Returns:
         ``(low, high)``; ``(v, v)`` for a single value; ``(nan, nan)`` for none.
     """
-    x = np.asarray([v for v in values if v == v], dtype=np.float64)
+    x = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
     if x.size == 0:
         return float("nan"), float("nan")
     if x.size == 1:
@@ -76,7 +76,7 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     """The t interval ``mean +- t_{n-1} * sd / sqrt(n)``; ``(nan, nan)`` for fewer than two values."""
     from scipy import stats
 
-    x = np.asarray([v for v in values if v == v], dtype=np.float64)
+    x = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
     if x.size < 2:
         return float("nan"), float("nan")
     half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)

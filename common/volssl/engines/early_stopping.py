@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 
 from ignite.engine import Engine, Events
@@ -80,7 +81,7 @@ class EarlyStopOnPlateau:
             raise KeyError(f"metric {self.metric_name!r} not computed by the evaluator: "
                            f"{sorted(self.evaluator.state.metrics)}")
         value = float(self.evaluator.state.metrics[self.metric_name])
-        if value == value and self._improved(value):
+        if not math.isnan(value) and self._improved(value):
             self.best_metric, self.counter = value, 0
             return
         self.counter += 1

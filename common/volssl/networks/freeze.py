@@ -35,13 +35,13 @@ def freeze_encoder(model: nn.Module, freeze: bool = True, attribute: str = "enco
         ``model``.
 
     Raises:
-        AttributeError: ``model`` has no submodule ``attribute``.
+        TypeError: ``model`` has no submodule ``attribute``.
     """
     if not freeze:
         return model
     encoder = getattr(model, attribute, None)
     if not isinstance(encoder, nn.Module):
-        raise AttributeError(f"{type(model).__name__} has no submodule '{attribute}' to freeze")
+        raise TypeError(f"{type(model).__name__} has no submodule '{attribute}' to freeze")
     for param in encoder.parameters():
         param.requires_grad_(False)
     encoder.train = types.MethodType(_stay_in_eval, encoder)
