@@ -173,6 +173,15 @@ def test_dry_run_plans_every_arm_mode_and_pair_without_running(tmp_path):
     assert bad.returncode != 0 and "not available" in bad.stderr
 
 
+def test_a_single_learning_rate_is_recorded_as_the_choice(tmp_path):
+    settings = {"lr_grid": [0.002], "lr_tuning_pairs": 1, "family": "slice", "pretrain_per_seed": False}
+    proto = label_efficiency.Protocol(settings, ["random"], [1], 1, [0], ["full"], tmp_path)
+    runner = label_efficiency._Runner(proto, tmp_path, [], dry_run=False, variants={})
+    assert runner._choose("full", 1, "random") == 0.002
+    # summarize finds the runs through this file, also when there was nothing to tune
+    assert json.loads((tmp_path / "lr_choice.json").read_text()) == {"full/n1/random": 0.002}
+
+
 def test_phantom_protocol_end_to_end(tmp_path):
     """random vs PCL, 1 labelled volume, 2 labelled sets x 1 seed, a 2-value learning-rate grid, early stopping."""
     datalist = make_tiny_dataset(tmp_path / "data", n=8, n_labeled=4, n_val=1, n_test=2)

@@ -440,10 +440,10 @@ class _Runner:
     def _choose(self, ft: str, k: int, arm: str) -> float | None:
         p = self.p
         key = self._choice_key(ft, k, arm)
-        if len(p.lr_grid) == 1:
-            self.lr_choice[key] = p.lr_grid[0]
         if key in self.lr_choice:
             return self.lr_choice[key]
+        if len(p.lr_grid) == 1:
+            return self._record_choice(key, p.lr_grid[0])
         scores = {}
         for lr in p.lr_grid:
             recs = [_read_json(p.run_root(ft, k, s, seed, arm, lr) / TRAIN_DONE) for s, seed in p.tuning_pairs]
@@ -451,12 +451,15 @@ class _Runner:
                 return None
             scores[lr] = statistics.fmean(r["best_val_dice"] for r in recs)
         best = max(p.lr_grid, key=lambda lr: (scores[lr], -p.lr_grid.index(lr)))
-        self.lr_choice[key] = best
         print(f"[{key}] learning rate {best:g} (mean best validation Dice over {len(p.tuning_pairs)} tuning pair(s): "
               + ", ".join(f"{lr:g}: {v:.4f}" for lr, v in scores.items()) + ")", flush=True)
+        return self._record_choice(key, best)
+
+    def _record_choice(self, key: str, lr: float) -> float:
+        self.lr_choice[key] = lr
         if not self.dry_run:
-            (p.out / "lr_choice.json").write_text(json.dumps(self.lr_choice, indent=2) + "\n")
-        return best
+            (self.p.out / "lr_choice.json").write_text(json.dumps(self.lr_choice, indent=2) + "\n")
+        return lr
 
     def _evaluate(self, ft: str, k: int, s: int, seed: int, arm: str, lr: float) -> None:
         p = self.p
