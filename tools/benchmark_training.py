@@ -319,6 +319,7 @@ def benchmark(
     patch: int = 64,
     batch: int = 32,
     iterations: int = 10,
+    rounds: int = 3,
     threads: int | None = 1,
     output: str | None = None,
 ) -> list[dict]:
@@ -333,6 +334,7 @@ def benchmark(
         public_pcl: a checkout of github.com/dewenzeng/positional_cl (PCL comparison; skipped when absent).
         features, patch, batch: pretraining settings (base width, square patch side, slices per batch).
         iterations: timed pretraining iterations per measurement (after 2 untimed ones).
+        rounds: pretraining: measurements of each side, alternating public / ours; the median is reported.
         threads: ``torch.set_num_threads`` in the workers (``None``: torch's default).
         output: write the table here, JSON if the name ends in ``.json``, CSV otherwise.
 
@@ -369,8 +371,12 @@ def benchmark(
                     raise SystemExit(f"{checkout} is not a checkout of the public code (no loss/contrast_loss.py); "
                                      "get it with: git clone https://github.com/"
                                      + ("haoyiwang25/CORAL" if method == "coral" else "dewenzeng/positional_cl"))
-                public = common.spawn(__file__, variant="public", checkout=str(checkout), **kw)
-                ours = common.spawn(__file__, variant="ours", **kw)
+                # alternate the two, ``rounds`` times each, so that a change of load on the machine hits both
+                found = {"public": [], "ours": []}
+                for _ in range(max(1, int(rounds))):
+                    found["public"].append(common.spawn(__file__, variant="public", checkout=str(checkout), **kw))
+                    found["ours"].append(common.spawn(__file__, variant="ours", **kw))
+                public, ours = (_median_row(found[v]) for v in ("public", "ours"))
                 public["speedup"], ours["speedup"] = 1.0, ours["its_per_s"] / public["its_per_s"]
                 rows += [public, ours]
     finally:
@@ -380,6 +386,15 @@ def benchmark(
           "public code's); non_network = 1 - step_s / wall_s; other_load: cores other processes kept busy")
     common.write_table(rows, COLUMNS, output)
     return rows
+
+
+def _median_row(found: list[dict]) -> dict:
+    """The row of the median iterations/s among repeated measurements (``rounds`` noted in ``variant``)."""
+    ranked = sorted(found, key=lambda r: r["its_per_s"])
+    row = dict(ranked[(len(ranked) - 1) // 2])
+    if len(found) > 1:
+        row["variant"] = f"{row['variant']} (median of {len(found)})"
+    return row
 
 
 def _with_speedup(found: list[dict]) -> list[dict]:
