@@ -56,3 +56,115 @@ def run_torchrun(args: list[str], cwd: Path, nproc: int = 2, timeout: int = 600)
         tail = (proc.stdout + proc.stderr)[-6000:]
         raise AssertionError(f"torchrun monai.bundle {args[0]} failed (exit {proc.returncode}) in {cwd}:\n{tail}")
     return proc
+
+
+# -- standalone (exported) bundles -------------------------------------------------------------------------------------
+TOOLS = REPO_ROOT / "tools"
+STANDALONE_SITE = Path(__file__).resolve().parent / "standalone"
+
+
+def export_tool():
+    """``tools/export_bundle.py`` as a module."""
+    if str(TOOLS) not in sys.path:
+        sys.path.insert(0, str(TOOLS))
+    import export_bundle
+
+    return export_bundle
+
+
+def unzip_bundle(zip_path: Path, dest: Path) -> Path:
+    """Extract a bundle zip into ``dest`` and return the bundle folder (the zip's one top folder)."""
+    import zipfile
+
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(dest)
+        top = {name.split("/")[0] for name in zf.namelist()}
+    assert len(top) == 1, top
+    return dest / top.pop()
+
+
+def _requirement_names(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(line.split(";")[0].split("[")[0].split("=")[0].split("<")[0].split(">")[0].strip().lower())
+    return names
+
+
+def undeclared_modules(bundle_dir: Path) -> list[str]:
+    """Top-level modules of the project's requirements that the bundle's metadata does not declare (nor torch, monai,
+    numpy): a partner's environment would not have them."""
+    from importlib.metadata import packages_distributions
+
+    meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
+    declared = {n.lower() for n in meta["required_packages_version"]} | {"torch", "monai", "numpy"}
+    wanted = (_requirement_names(REPO_ROOT / "requirements.txt") | _requirement_names(REPO_ROOT / "requirements-dev.txt"))
+    undeclared = wanted - declared
+    def undeclared_dist(dist: str) -> bool:  # itk's modules come from itk-core, itk-io, ...
+        dist = dist.lower()
+        return dist in undeclared or any(dist.startswith(f"{name}-") for name in undeclared)
+
+    return sorted(mod for mod, dists in packages_distributions().items()
+                  if any(undeclared_dist(d) for d in dists) and not mod.startswith("_"))
+
+
+def standalone_env(bundle_dir: Path) -> dict:
+    """Environment for a subprocess that may import only what ``bundle_dir``'s metadata declares, and ``volssl`` only
+    from ``bundle_dir`` (see tests/standalone/sitecustomize.py)."""
+    return dict(
+        os.environ,
+        PYTHONPATH=str(STANDALONE_SITE),
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+        VOLSSL_STANDALONE_BUNDLE=str(bundle_dir),
+        VOLSSL_STANDALONE_BLOCK=",".join(undeclared_modules(bundle_dir)),
+        VOLSSL_STANDALONE_HIDE=str(REPO_ROOT / "common"),
+    )
+
+
+def run_standalone(bundle_dir: Path, args: list[str], timeout: int = 600, check: bool = True):
+    """``python -m monai.bundle <args>`` run from the bundle folder in the standalone environment."""
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=bundle_dir, env=standalone_env(bundle_dir),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-6000:]
+        raise AssertionError(f"standalone monai.bundle {args[0]} failed (exit {proc.returncode}) in {bundle_dir}:\n{tail}")
+    return proc
+
+
+def assert_standalone_bundle(bundle: Path, run_dir: Path, datalist: Path, tmp_path: Path, inputs=("file",)) -> Path:
+    """Export the training run in ``run_dir``, check the zip verifies, then segment test images with the unzipped
+    bundle in the standalone environment (only the metadata's packages, vendored volssl), from the bundle folder,
+    for each kind of input in ``inputs`` ("file", "folder", "datalist"); each label map must lie on its image's
+    grid. Returns the zip."""
+    import nibabel as nib
+    import numpy as np
+
+    tool = export_tool()
+    zip_path = Path(tool.export(str(bundle), str(run_dir), str(tmp_path / "dist")))
+    assert zip_path.name == f"{bundle.name}_v{json.loads((bundle / 'configs' / 'metadata.json').read_text())['version']}.zip"
+    assert tool.check(str(zip_path)) == []
+    bundle_dir = unzip_bundle(zip_path, tmp_path / "unzipped")
+    from volssl.data import load_role
+
+    test_images = [Path(entry["image"]) for entry in load_role(datalist, "test")]
+    sources = {"file": test_images[0], "datalist": datalist}
+    if "folder" in inputs:
+        folder = tmp_path / "images"
+        folder.mkdir()
+        for image in test_images:
+            (folder / image.name).symlink_to(image)
+        sources["folder"] = folder
+    for kind in inputs:
+        out = tmp_path / f"out_{kind}"
+        run_standalone(bundle_dir, ["run", "--config_file", "configs/inference.json", "--bundle_root", ".",
+                                    "--input", str(sources[kind]), "--output_dir", str(out)])
+        expected = [test_images[0]] if kind == "file" else test_images
+        for image_path in expected:
+            pred_path = out / image_path.name.replace(".nii.gz", "_seg.nii.gz")
+            assert pred_path.is_file(), (kind, sorted(p.name for p in out.glob("*")))
+            image, pred = nib.load(image_path), nib.load(pred_path)
+            assert pred.shape == image.shape
+            np.testing.assert_allclose(pred.affine, image.affine, atol=1e-5)
+    return zip_path

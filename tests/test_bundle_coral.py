@@ -79,7 +79,12 @@ def test_train_loads_pretrained_encoder(workspace):
 
 
 def test_train_resumes_from_last_checkpoint(workspace):
-    """Asking for one more epoch continues from the saved epoch instead of starting again."""
+    """An interrupted run continues from its saved epoch instead of starting again (the checkpoint of the finished
+    2-epoch run is made to look like one of a 3-epoch run stopped after epoch 2)."""
+    ckpt = workspace["bundle_root"] / "models" / "train_checkpoints" / f"checkpoint_epoch={TINY['epochs']}.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["trainer"]["max_epochs"] = TINY["epochs"] + 1
+    torch.save(state, ckpt)
     proc = run_bundle(["run", "--config_file", config_list(CONFIGS / "train.json", workspace["tiny"]),
                        *workspace["common"], "--epochs", str(TINY["epochs"] + 1)], cwd=workspace["root"])
     out = proc.stdout + proc.stderr
@@ -176,3 +181,49 @@ def test_ddp_pretrain_and_train_with_torchrun(workspace, tmp_path):
 
     UNet2d(1, 4, features=TINY["features"]).load_state_dict(model)
     assert (tmp_path / "logs" / "train" / "train_curve.csv").is_file()
+
+
+def test_export_verify_standalone_download_and_load(workspace, tmp_path):
+    """The exported zip verifies, runs on its own (only the metadata's packages, the vendored volssl) on a file, a
+    folder and a datalist from the bundle folder, installs with `monai.bundle download --url file://`, loads with
+    `monai.bundle.load`; one changed byte in models/model.pt makes `verify` fail naming the file."""
+    import shutil
+    import subprocess
+    import sys
+
+    from bundle_helpers import assert_standalone_bundle, export_tool, run_standalone, standalone_env, unzip_bundle
+
+    zip_path = assert_standalone_bundle(BUNDLE, workspace["bundle_root"], workspace["datalist"], tmp_path,
+                                        inputs=("file", "folder", "datalist"))
+    exported = unzip_bundle(zip_path, tmp_path / "check")
+    inference = json.loads((exported / "configs" / "inference.json").read_text())
+    assert inference["features"] == TINY["features"]  # the overlay's value, folded in
+    assert not (exported / "configs" / "cpu_small.json").exists()
+    assert (exported / "models" / "pretrain.pt").is_file() and (exported / "models" / "model.ts").is_file()
+    meta = json.loads((exported / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"]["1"] == "shell"
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(exported, tampered)
+    weights = tampered / "models" / "model.pt"
+    blob = bytearray(weights.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "export_bundle.py"), "verify", str(tampered)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2  # tools/cli.py: bad input
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "models/model.pt: sha256 differs" in last
+    assert export_tool().check(str(exported)) == []
+
+    downloads = tmp_path / "downloads"
+    run_standalone(exported, ["download", "--name", BUNDLE.name, "--url", zip_path.as_uri(),
+                              "--bundle_dir", str(downloads)])
+    downloaded = downloads / BUNDLE.name
+    assert (downloaded / "configs" / "inference.json").is_file()
+    code = (f"import monai.bundle; net = monai.bundle.load({BUNDLE.name!r}, bundle_dir={str(downloads)!r}, "
+            "workflow_type='inference', device='cpu'); print(type(net).__name__, sum(p.numel() for p in net.parameters()))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=downloaded, env=standalone_env(downloaded),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2] == "UNet2d"

@@ -299,7 +299,7 @@ def test_main_job_crln_trains_with_adam_without_dropout(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(run_main, "bundle_run", lambda configs, root, data, log, **kw: calls.append((configs, kw)))
     datalist = tmp_path / "datalist.json"
-    run_main.run_semi_supervised(datalist, tmp_path / "out", run_main.CRLN_EPOCHS, seed=0)
+    run_main.run_semi_supervised(datalist, tmp_path / "out", run_main.CRLN_EPOCHS, seed=0, values=run_main.CRLN_PHANTOM)
     (train_configs, train_kw), (infer_configs, infer_kw) = calls
     assert [c.name for c in train_configs] == ["train.json", "cpu_small.json", "adam.json"]
     assert [c.name for c in infer_configs] == ["inference.json", "cpu_small.json"]
@@ -312,3 +312,15 @@ def test_main_job_crln_trains_with_adam_without_dropout(tmp_path, monkeypatch):
     network = parser.get_parsed_content("network")
     dropouts = [m for m in network.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
     assert all(m.p == 0.0 for m in dropouts)
+
+
+def test_export_and_standalone_inference(workspace, tmp_path):
+    """The exported zip verifies and segments a test image on its own (only the metadata's packages, the vendored
+    volssl), from the bundle folder, with the values of the run's overlay folded into inference.json."""
+    from bundle_helpers import assert_standalone_bundle, unzip_bundle
+
+    zip_path = assert_standalone_bundle(BUNDLE, workspace["bundle_root"], workspace["datalist"], tmp_path)
+    inference = json.loads((unzip_bundle(zip_path, tmp_path / "check") / "configs" / "inference.json").read_text())
+    for key, value in TINY.items():
+        if key in inference and key not in ("sw_batch_size", "overlap"):
+            assert inference[key] == value, key

@@ -236,3 +236,15 @@ def test_ddp_pretrain_with_torchrun(workspace, tmp_path):
     from volssl.networks import UNet2d, with_encoder_weights
 
     with_encoder_weights(UNet2d(1, 4, features=TINY["features"]), tmp_path / "models" / "pretrain.pt")
+
+
+def test_export_and_standalone_inference(workspace, tmp_path):
+    """The exported zip verifies and segments a test image on its own (only the metadata's packages, the vendored
+    volssl), from the bundle folder, with the values of the run's overlay folded into inference.json."""
+    from bundle_helpers import assert_standalone_bundle, unzip_bundle
+
+    zip_path = assert_standalone_bundle(BUNDLE, workspace["bundle_root"], workspace["datalist"], tmp_path)
+    inference = json.loads((unzip_bundle(zip_path, tmp_path / "check") / "configs" / "inference.json").read_text())
+    for key, value in TINY.items():
+        if key in inference and key not in ("sw_batch_size", "overlap"):
+            assert inference[key] == value, key

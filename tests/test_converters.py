@@ -431,3 +431,36 @@ def test_cli_split_and_check_on_a_synthetic_msd_folder(tmp_path):
     bad = subprocess.run([*tool, "check", str(out)], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert bad.returncode == 2
     assert "error:" in bad.stderr and "toy_000.nii.gz: file not found" in bad.stderr
+
+
+def test_msd_and_check_warn_about_unlisted_images_and_orphan_labels(tmp_path):
+    """An image in imagesTr not listed in dataset.json, and a label without an image: one warning line each from
+    `msd` and `check` (exit 0); hidden companions such as macOS `._*` files are not images."""
+    root = _write_msd(tmp_path / "msd", n=8)
+    rng = np.random.default_rng(1)
+    save_nifti(rng.normal(size=(6, 5, 4)).astype(np.float32), np.eye(4), root / "imagesTr" / "extra_001.nii.gz")
+    save_nifti(np.zeros((6, 5, 4), np.uint8), np.eye(4), root / "labelsTr" / "lonely_002.nii.gz")
+    (root / "imagesTr" / "._toy_000.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    tool = [sys.executable, str(REPO_ROOT / "tools" / "prepare_data.py")]
+    out = tmp_path / "dl.json"
+    for args in (["msd", str(root), str(out), "--n_labeled", "2", "--n_val", "2", "--n_test", "2"], ["check", str(out)]):
+        run = subprocess.run([*tool, *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+        assert run.returncode == 0, run.stderr
+        warnings = [line for line in run.stderr.splitlines() if line.startswith("warning: ")]
+        assert len(warnings) == 2, run.stderr
+        assert any("extra_001.nii.gz: not listed in any role" in w for w in warnings)
+        assert any("lonely_002.nii.gz: orphan label" in w for w in warnings)
+
+
+def test_check_rejects_nan_voxels(tmp_path):
+    root = _write_msd(tmp_path / "msd", n=6)
+    image = np.ones((6, 5, 4), np.float32)
+    image[1, 1, 1] = np.nan
+    save_nifti(image, np.diag([1.0, 1.0, 2.0, 1.0]), root / "imagesTr" / "toy_003.nii.gz")
+    out = tmp_path / "dl.json"
+    tool = [sys.executable, str(REPO_ROOT / "tools" / "prepare_data.py")]
+    subprocess.run([*tool, "msd", str(root), str(out), "--n_labeled", "2", "--n_val", "1", "--n_test", "1"],
+                   check=True, capture_output=True, cwd=REPO_ROOT, timeout=120)
+    bad = subprocess.run([*tool, "check", str(out)], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert bad.returncode == 2
+    assert "toy_003.nii.gz: 1 voxels are NaN or infinite" in bad.stderr

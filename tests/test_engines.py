@@ -43,3 +43,62 @@ def test_best_model_saver_keeps_the_best_across_a_resume(tmp_path):
         net.weight.fill_(0.65)
     resumed(evaluator)  # worse than the best before the interruption: model.pt must stay
     assert torch.allclose(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], torch.tensor(0.7))
+
+
+def _trainer_state(epochs_done: int, planned: int, epoch_length: int = 3) -> dict:
+    engine = Engine(lambda e, b: None)
+    engine.run([0] * epoch_length, max_epochs=epochs_done)
+    state = engine.state_dict()
+    state["max_epochs"] = planned  # a run planned for `planned` epochs, stopped after `epochs_done`
+    return state
+
+
+def _resume(tmp_path, requested: int) -> Engine:
+    engine = Engine(lambda e, b: None)
+    engine.state.max_epochs = requested
+    ResumeFromLatest(tmp_path, {"network": torch.nn.Linear(2, 2), "trainer": engine}).attach(engine)
+    engine.run([0] * 3, max_epochs=requested)
+    return engine
+
+
+def test_only_an_interrupted_run_is_resumed(tmp_path):
+    """A new request after a finished run (e.g. a second MONAI Label /train) trains again instead of ending at once
+    or failing on a smaller max_epochs; an interrupted run is resumed; one earlier run is kept aside."""
+    net = torch.nn.Linear(2, 2)
+    torch.save({"network": net.state_dict(), "trainer": _trainer_state(2, 2)}, tmp_path / "checkpoint_epoch=2.pt")
+    engine = _resume(tmp_path, requested=1)
+    assert engine.state.epoch == 1 and engine.state.iteration == 3  # trained, as a new run
+    assert not (tmp_path / "checkpoint_epoch=2.pt").exists()
+    assert len(list(tmp_path.glob("previous_*/checkpoint_epoch=2.pt"))) == 1
+
+    torch.save({"network": net.state_dict(), "trainer": _trainer_state(2, 2)}, tmp_path / "checkpoint_epoch=2.pt")
+    engine = _resume(tmp_path, requested=4)  # more epochs than the finished run had: still a new run
+    assert engine.state.epoch == 4 and engine.state.iteration == 12
+    assert not (tmp_path / "checkpoint_epoch=2.pt").exists()
+
+    torch.save({"network": net.state_dict(), "trainer": _trainer_state(2, 4)}, tmp_path / "checkpoint_epoch=2.pt")
+    engine = _resume(tmp_path, requested=4)  # interrupted at epoch 2 of 4: resumed, 2 more epochs
+    assert engine.state.epoch == 4 and engine.state.iteration == 12
+    assert (tmp_path / "checkpoint_epoch=2.pt").exists()  # resumed from, not set aside
+    assert len(list(tmp_path.glob("previous_*"))) == 1  # only the last set-aside run is kept
+
+    torch.save({"network": net.state_dict(), "trainer": _trainer_state(2, 4)}, tmp_path / "checkpoint_epoch=2.pt")
+    engine = _resume(tmp_path, requested=2)  # interrupted, but the request wants no more epochs than it has
+    assert engine.state.epoch == 2 and engine.state.iteration == 6
+
+
+def test_with_weights_loads_a_whole_network_and_names_a_mismatch(tmp_path):
+    from volssl.io import VolsslInputError
+    from volssl.networks import UNet2d, with_weights
+
+    source = UNet2d(1, 3, features=4)
+    torch.save(source.state_dict(), tmp_path / "model.pt")
+    target = with_weights(UNet2d(1, 3, features=4), tmp_path / "model.pt")
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+    assert with_weights(target, None) is target
+    import pytest
+
+    with pytest.raises(VolsslInputError, match="model.pt: does not fit UNet2d"):
+        with_weights(UNet2d(1, 3, features=8), tmp_path / "model.pt")
+    with pytest.raises(VolsslInputError, match="init_weights checkpoint not found"):
+        with_weights(target, tmp_path / "missing.pt")

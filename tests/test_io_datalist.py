@@ -163,3 +163,24 @@ def test_save_datalist_refuses_invalid_and_keeps_previous_file(tmp_path):
         save_datalist(dict(_datalist(), unlabeled=[{"image": "imagesTr/a.nii.gz"}]), path)
     assert path.read_text() == before
 
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    """Files written atomically (mkstemp makes them private) end with the umask's permissions: readable by others."""
+    import os
+    import stat
+
+    import numpy as np
+
+    from volssl.io import atomic_path, save_nifti
+
+    old = os.umask(0o022)
+    try:
+        nifti = save_nifti(np.zeros((2, 2, 2), np.uint8), np.eye(4), tmp_path / "a.nii.gz")
+        with atomic_path(tmp_path / "b.csv") as tmp, open(tmp, "w") as f:
+            f.write("x\n")
+    finally:
+        os.umask(old)
+    for path in (nifti, tmp_path / "b.csv"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert not list(tmp_path.glob(".tmp_*"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import shutil
@@ -324,15 +323,15 @@ def test_cli_subprocess(tmp_path):
     assert json.loads((out / "metrics_summary.json").read_text())["mean_foreground"]["dice"]["mean"] == 1.0
 
 
-def test_cli_bad_input_exits_with_message(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("volssl_tools_evaluate", REPO_ROOT / "tools" / "evaluate.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    dl_path, labels = _make_dataset(tmp_path / "data")
-    with pytest.raises(SystemExit) as ex:
-        cli.main(str(dl_path), str(tmp_path / "nowhere"), progress=False)
-    assert ex.value.code == 1
-    assert "nowhere" in capsys.readouterr().err
+def test_cli_bad_input_exits_with_message(tmp_path):
+    """Bad input: exit status 2 and one last line ``error: <file>: <problem>`` (tools/cli.py's convention)."""
+    dl_path, _ = _make_dataset(tmp_path / "data")
+    cmd = [PYTHON, str(REPO_ROOT / "tools" / "evaluate.py"), "--datalist", str(dl_path),
+           "--pred_dir", str(tmp_path / "nowhere"), "--progress", "False"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert res.returncode == 2
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "nowhere" in last
 
 
 # ---------------------------------------------------------------- real data

@@ -179,9 +179,12 @@ def test_crln_step_in_supervised_trainer(mode: str) -> None:
     step, net, outputs = _run(mode)
     assert len(outputs) == 2
     for out in outputs:
-        assert set(out) == {"loss", "sup", "unsup", "cps", "a"}
-        for value in out.values():
-            assert value.dim() == 0 and not value.requires_grad and torch.isfinite(value)
+        assert set(out) == {"pred", "label", "loss", "sup", "unsup", "cps", "a"}
+        assert out["pred"].dim() == 5 and not out["pred"].requires_grad
+        assert out["label"].shape == (out["pred"].shape[0], 1, *out["pred"].shape[2:])
+        for key, value in out.items():
+            if key not in ("pred", "label"):
+                assert value.dim() == 0 and not value.requires_grad and torch.isfinite(value)
     last = outputs[-1]
     assert last["sup"] > 0
     if mode == "supervised":

@@ -17,11 +17,15 @@ message on bad input (missing prediction, grid mismatch, values outside the clas
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-import fire
 import torch
 
-from volssl.io import VolsslInputError
+try:
+    import cli
+except ImportError:  # imported from elsewhere rather than run as `python tools/<tool>.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import cli
 from volssl.metrics.evaluate import DEFAULT_PRED_SUFFIX, evaluate_folder, format_summary
 
 
@@ -53,21 +57,17 @@ def main(
     """
     torch.set_num_threads(max(1, int(threads)))
     output_dir = pred_dir if output_dir is None else output_dir
-    try:
-        summary = evaluate_folder(
-            datalist,
-            pred_dir,
-            role=role,
-            dataset_dir=dataset_dir,
-            output_dir=output_dir,
-            num_classes=num_classes,
-            pred_suffix=pred_suffix,
-            slice_axis=slice_axis,
-            progress=progress,
-        )
-    except VolsslInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    summary = evaluate_folder(
+        datalist,
+        pred_dir,
+        role=role,
+        dataset_dir=dataset_dir,
+        output_dir=output_dir,
+        num_classes=num_classes,
+        pred_suffix=pred_suffix,
+        slice_axis=slice_axis,
+        progress=progress,
+    )
     print(f"{summary['n_cases']} cases of '{role}', {summary['num_classes']} classes")
     print(format_summary(summary))
     for path in summary["files"].values():
@@ -75,4 +75,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    cli.main(main)

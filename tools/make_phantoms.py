@@ -14,7 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-import fire
+try:
+    import cli
+except ImportError:  # imported from elsewhere rather than run as `python tools/<tool>.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import cli
 
 try:
     import volssl  # noqa: F401
@@ -64,4 +68,4 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    cli.main(main)

@@ -21,8 +21,10 @@ Examples (from the project root; the data stay in ../shared/data, the outputs go
     python tools/prepare_data.py la ../shared/data/la_half /tmp/la_nifti --n_labeled 8 --n_val 8 --seed 0
     python tools/prepare_data.py check /tmp/la_nifti/datalist.json
 
-Each command prints where it wrote the datalist and the number of cases of each role. Bad input ends with one line
-``error: <file>: <problem>`` and exit status 2.
+Each command prints where it wrote the datalist and the number of cases of each role. ``msd`` and ``check`` print a
+``warning: <file>: <problem>`` line for each NIfTI file next to the listed cases that no role lists and for each
+label without an image. Bad input (including NaN/Inf voxels in an image) ends with one line
+``error: <file>: <problem>`` and exit status 2 (the convention of every tool, see tools/cli.py).
 """
 
 from __future__ import annotations
@@ -30,16 +32,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import fire
-
+try:
+    import cli
+except ImportError:  # imported from elsewhere rather than run as `python tools/<tool>.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import cli
 from volssl.data.converters import (
     acdc_h5_to_nifti,
     check_datalist,
+    datalist_unlisted,
     la_h5_to_nifti,
     msd_to_datalist,
+    msd_unlisted,
     role_counts,
 )
-from volssl.io import VolsslInputError
 
 
 def _report(what: str, path, counts: dict[str, int]) -> None:
@@ -74,6 +80,8 @@ def msd(
     datalist = msd_to_datalist(
         msd_dir, output, n_labeled, n_val, n_test, seed, n_unlabeled, group_regex, include_msd_test
     )
+    for path, problem in msd_unlisted(msd_dir):
+        cli.warn(path, problem)
     _report("wrote", output, role_counts(datalist))
 
 
@@ -135,6 +143,8 @@ def check(datalist: str, dataset_dir: str | None = None) -> None:
         dataset_dir: the folder the paths are relative to (default: from the datalist).
     """
     counts = check_datalist(datalist, dataset_dir)
+    for path, problem in datalist_unlisted(datalist, dataset_dir):
+        cli.warn(path, problem)
     _report("ok", datalist, counts)
 
 
@@ -142,13 +152,8 @@ COMMANDS = {"msd": msd, "split": msd, "acdc": acdc, "la": la, "check": check}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (2 on bad input)."""
-    try:
-        fire.Fire(COMMANDS, command=argv, name="prepare_data.py")
-    except VolsslInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    """Run the CLI; returns the exit status (see tools/cli.py: 2 on bad input)."""
+    return cli.run(COMMANDS, name="prepare_data.py", argv=argv)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,18 @@ if [ ! -x "$venv/bin/python" ]; then
     echo "[volssl] creating the virtual environment $venv"
     "$python" -m venv "$venv"
 fi
-echo "[volssl] installing requirements (torch stays within >=2.8,<2.14: the CPU wheel where no GPU build is asked for)"
-"$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet -r "$root/requirements-dev.txt"
-"$venv/bin/python" -m pip install --quiet --no-deps -e "$root"
+# the package is installed editable, so only a change of the requirements or of pyproject.toml needs a reinstall
+stamp="$venv/.volssl-install-stamp"
+wanted="$(cat "$root/requirements.txt" "$root/requirements-dev.txt" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] && "$venv/bin/python" -c "import volssl" 2>/dev/null; then
+    echo "[volssl] requirements unchanged since the last install: skipping pip (delete $stamp to force it)"
+else
+    echo "[volssl] installing requirements (torch stays within >=2.8,<2.14: the CPU wheel where no GPU build is asked for)"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet -r "$root/requirements-dev.txt"
+    "$venv/bin/python" -m pip install --quiet --no-deps -e "$root"
+    echo "$wanted" > "$stamp"
+fi
 
 if [ "${1:-}" = "--install-only" ]; then
     echo "[volssl] installed into $venv"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,15 +52,17 @@ def plot_overlay(
     slice_axis: int = -1,
     num_slices: int = 4,
     title: str = "",
+    class_names: Mapping[int, str] | None = None,
 ) -> Path:
-    """Write a PNG with ``num_slices`` evenly spaced slices of a 3D ``image``: the reference ``label`` contours (if
-    given) and the prediction ``pred`` as a coloured overlay, one column per slice. Arrays are (x, y, z)."""
+    """Write a PNG with ``num_slices`` evenly spaced slices of a 3D ``image``, one column per slice: a row with the
+    ground-truth ``label`` (if given) and a row with the prediction ``pred``, each class as a coloured overlay, and a
+    legend of the class colours (``class_names``: index -> name; default "class <i>"). Arrays are (x, y, z)."""
     plt = _pyplot()
     path = Path(path)
     axis = slice_axis % 3
     depth = image.shape[axis]
     picks = np.unique(np.linspace(0, depth - 1, num_slices + 2).round().astype(int)[1:-1]) if depth > 2 else [0]
-    rows = [("reference", label), ("prediction", pred)]
+    rows = [("ground truth", label), ("prediction", pred)]
     rows = [(name, arr) for name, arr in rows if arr is not None]
     fig, axes = plt.subplots(len(rows), len(picks), figsize=(2.6 * len(picks), 2.6 * len(rows)), squeeze=False)
     cmap = plt.get_cmap("tab10")
@@ -77,9 +79,16 @@ def plot_overlay(
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{name}, slice {idx + 1}/{depth}", fontsize=8)
+    present = sorted({int(k) for _, arr in rows for k in np.unique(arr) if k > 0})
+    names = {int(k): str(v) for k, v in (class_names or {}).items()}
+    if present:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=cmap(k % 10)[:3], alpha=0.6, label=names.get(k, f"class {k}")) for k in present]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 if present else 0, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-import h5py
 import nibabel as nib
 import numpy as np
 from tqdm import tqdm
@@ -323,6 +322,8 @@ def _h5_meta(path: Path) -> dict:
     Raises:
         VolsslInputError: missing or unreadable file, a missing dataset, non-3D arrays, or image/label shapes differ.
     """
+    import h5py  # only the converters read h5: the bundles do not declare h5py
+
     if not path.is_file():
         raise VolsslInputError(path, "volume file not found")
     try:
@@ -635,6 +636,64 @@ def _check_entry(role: str, entry: Mapping, num_classes: int | None, spacing) ->
             raise VolsslInputError(
                 entry[IMAGE_KEY], f"spacing {tuple(round(s, 4) for s in found)} differs from the datalist's {spacing}"
             )
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    """The NIfTI files of ``folder`` (hidden files such as macOS ``._*`` companions are not images)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
+
+
+def unlisted_files(listed_images: Sequence, listed_labels: Sequence, folders: Sequence[Path] = ()) -> list[tuple[str, str]]:
+    """``(file, problem)`` for every image next to the listed ones (or in ``folders``) that no entry lists, and for
+    every label file whose case has no image at all (an orphan label).
+
+    The folders searched are those holding a listed image or label, plus ``folders`` (a folder whose name starts
+    with "label" holds labels). A file nobody lists is not an error, but silence would hide a forgotten case.
+    """
+    images = {Path(p).absolute() for p in listed_images}
+    labels = {Path(p).absolute() for p in listed_labels}
+    extra = [Path(f).absolute() for f in folders]
+    label_folders = {p.parent for p in labels} | {f for f in extra if f.name.lower().startswith("label")}
+    search = sorted({p.parent for p in images | labels} | set(extra))
+    files = {folder: _nifti_files(folder) for folder in search}
+    image_cases = {case_id(p) for p in images} | {
+        case_id(p) for folder, paths in files.items() if folder not in label_folders for p in paths}
+    found: list[tuple[str, str]] = []
+    for folder, paths in files.items():
+        for path in paths:
+            if path in images or path in labels:
+                continue
+            if folder in label_folders:
+                # the label of a listed case is fine unlisted (unlabelled cases keep their label out of the datalist)
+                if case_id(path) not in image_cases:
+                    found.append((str(path), "orphan label: there is no image of this case"))
+            else:
+                found.append((str(path), "not listed in any role"))
+    return found
+
+
+def msd_unlisted(msd_dir) -> list[tuple[str, str]]:
+    """:func:`unlisted_files` for an MSD folder: files of ``imagesTr``/``labelsTr`` that ``dataset.json`` does not
+    list (in ``training`` or ``test``), and labels without an image."""
+    msd_dir = Path(msd_dir)
+    _, pairs, tests = _read_msd_index(msd_dir)
+    images = [msd_dir / p[IMAGE_KEY] for p in pairs] + [msd_dir / t for t in tests]
+    labels = [msd_dir / p[LABEL_KEY] for p in pairs]
+    return unlisted_files(images, labels, folders=[msd_dir / "imagesTr", msd_dir / "labelsTr"])
+
+
+def datalist_unlisted(datalist, dataset_dir=None) -> list[tuple[str, str]]:
+    """:func:`unlisted_files` for a datalist: files next to its cases that no role lists, and labels without images."""
+    data = load_datalist(datalist, require=())
+    images, labels = [], []
+    for role in ROLES:
+        for entry in resolve_role(data, role, dataset_dir, check_exists=False):
+            images.append(entry[IMAGE_KEY])
+            if entry.get(LABEL_KEY):
+                labels.append(entry[LABEL_KEY])
+    return unlisted_files(images, labels)
 
 
 def check_datalist(datalist, dataset_dir=None, roles: Sequence[str] = ROLES, progress: bool = True) -> dict[str, int]:

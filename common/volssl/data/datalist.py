@@ -187,13 +187,17 @@ def resolve_role(datalist: Mapping, role: str, dataset_dir=None, check_exists: b
 
 
 def check_case_files(image_path, label_path=None, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Load one case and check it: readable files, the same grid for image and label, integer label values in
-    ``0..num_classes-1``. Returns ``(image, label, affine)``.
+    """Load one case and check it: readable files, finite image values, the same grid for image and label, integer
+    label values in ``0..num_classes-1``. Returns ``(image, label, affine)``.
 
     Raises:
         VolsslInputError: naming the file and the problem.
     """
     image, affine = load_nifti(image_path)
+    if np.issubdtype(image.dtype, np.floating):
+        bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+        if bad:
+            raise VolsslInputError(image_path, f"{bad:,} voxels are NaN or infinite ({100 * bad / image.size:.2f} %)")
     if label_path is None:
         return image, None, affine
     label, laffine = load_nifti(label_path)
@@ -269,7 +273,7 @@ def inference_inputs(source, role: str = "test") -> list[dict]:
         files = sorted(p for p in path.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
         if not files:
             raise VolsslInputError(path, "no .nii or .nii.gz file in this folder")
-        return [{IMAGE_KEY: str(p.resolve())} for p in files]
+        return [{IMAGE_KEY: str(p.absolute())} for p in files]  # absolute, not resolved: names as the user sees them
     if path.is_file():
-        return [{IMAGE_KEY: str(path.resolve())}]
+        return [{IMAGE_KEY: str(path.absolute())}]
     raise VolsslInputError(path, "input not found (expected a datalist .json, a folder of NIfTI files or a NIfTI file)")

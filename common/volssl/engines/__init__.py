@@ -1,9 +1,16 @@
 """Ignite engine pieces: iteration steps for self-supervised pretraining and handlers shared by the bundles."""
 
-from .handlers import BestModelSaver, LearningCurveWriter, ResumeFromLatest, latest_checkpoint
+from .handlers import BestModelSaver, EpochProgress, LearningCurveWriter, ResumeFromLatest, latest_checkpoint
 from .pretrain import TwoViewContrastiveStep
 
-__all__ = ["BestModelSaver", "LearningCurveWriter", "ResumeFromLatest", "TwoViewContrastiveStep", "latest_checkpoint"]
+__all__ = [
+    "BestModelSaver",
+    "EpochProgress",
+    "LearningCurveWriter",
+    "ResumeFromLatest",
+    "TwoViewContrastiveStep",
+    "latest_checkpoint",
+]
 
 from .sal import SlicePairStep  # noqa: E402
 

@@ -6,6 +6,7 @@ import csv
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
-__all__ = ["latest_checkpoint", "BestModelSaver", "ResumeFromLatest", "LearningCurveWriter"]
+__all__ = ["BestModelSaver", "EpochProgress", "LearningCurveWriter", "ResumeFromLatest", "latest_checkpoint"]
 
 _EPOCH_RE = re.compile(r"epoch=(\d+)")
 
@@ -35,6 +36,13 @@ class ResumeFromLatest:
     ``load_dict`` names what to restore (network, optimizer, loss parameters, LR scheduler, trainer state); the trainer
     then continues from the saved epoch. Files are read with ``torch.load(weights_only=True)``. With ``enabled=False``
     or no checkpoint, the run starts from scratch (and says so in the log).
+
+    Only an interrupted run is resumed: one whose newest checkpoint is short of its own ``max_epochs`` and of the
+    epochs now asked for. A finished run (what a completed command, or an earlier MONAI Label ``/train`` request,
+    leaves behind) is never resumed: its checkpoints are moved aside into ``previous_<time>/`` (the one set aside
+    before is deleted, so that repeated requests do not fill the disk) and a new run starts, initialised as the config
+    says (``init_weights``, the pretrained encoder, or a ``CheckpointLoader`` of ``models/model.pt`` as MONAI Label
+    adds). To train a finished model further, start a new run from it with ``--init_weights models/model.pt``.
 
     A resumed ``CheckpointSaver`` does not know the files of the interrupted run, so this handler also prunes, at each
     epoch end, the interval checkpoints older than the newest one (``keep_only_latest``).
@@ -67,41 +75,53 @@ class ResumeFromLatest:
             if old != newest and _EPOCH_RE.search(old.name) and _rank() == 0:
                 old.unlink(missing_ok=True)
 
-    def _newest_readable(self) -> Path | None:
-        """The newest interval checkpoint that loads; a file cut short by an interruption during its write (MONAI's
-        saver does not write atomically) is moved aside with a warning, and the previous one is used."""
+    def _newest_readable(self) -> tuple[Path, Mapping] | tuple[None, None]:
+        """The newest interval checkpoint that loads, and its content; a file cut short by an interruption during its
+        write (MONAI's saver does not write atomically) is moved aside with a warning, and the previous one is used."""
         while (path := latest_checkpoint(self.ckpt_dir)) is not None:
             try:
-                torch.load(path, map_location="cpu", weights_only=True)
-                return path
+                return path, torch.load(path, map_location="cpu", weights_only=True)
             except Exception as err:  # noqa: BLE001 - any unreadable file is treated the same way
                 broken = path.with_name(f"{path.name}.unreadable")
                 os.replace(path, broken)
                 self.logger.warning(f"{path} cannot be read ({type(err).__name__}: {err}); moved to {broken}")
-        return None
+        return None, None
 
-    def _set_aside(self) -> None:
-        """With resume disabled, move an earlier run's checkpoints into a dated subfolder instead of mixing them."""
+    def _set_aside(self, why: str) -> None:
+        """Move an earlier run's checkpoints into a dated subfolder instead of mixing them with the new run's; the
+        folder set aside before goes (one earlier run is kept for inspection, not every one)."""
         old = sorted(Path(self.ckpt_dir).glob("checkpoint_epoch=*.pt"))
-        if not old:
+        if not old or _rank() > 0:
             return
+        for earlier in Path(self.ckpt_dir).glob("previous_*"):
+            shutil.rmtree(earlier, ignore_errors=True)
         aside = Path(self.ckpt_dir) / time.strftime("previous_%Y%m%d-%H%M%S")
         aside.mkdir(parents=True, exist_ok=True)
         for path in old:
             os.replace(path, aside / path.name)
-        self.logger.warning(f"resume disabled: moved {len(old)} earlier checkpoint(s) to {aside}")
+        self.logger.warning(f"{why}; moved {len(old)} earlier checkpoint(s) to {aside}")
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
-            self._set_aside()
+            self._set_aside("resume disabled")
         if self.keep_only_latest:
             # at STARTED every handler of the config is attached, so this one runs after the CheckpointSaver
             engine.add_event_handler(
                 Events.STARTED, lambda e: e.add_event_handler(Events.EPOCH_COMPLETED, self._prune)
             )
-        path = self._newest_readable() if self.enabled else None
+        path, content = self._newest_readable() if self.enabled else (None, None)
+        progress = _progress(content)
+        if path is not None and progress is not None:
+            done, planned = progress
+            if done >= planned:
+                self._set_aside(f"{path.name} is from a finished run (epoch {done} of {planned}): a new run starts")
+                path = None
+            elif done >= int(engine.state.max_epochs):
+                self._set_aside(f"{path.name} has {done} epochs, this run asks for {engine.state.max_epochs}: "
+                                "a new run starts")
+                path = None
         if path is None:
-            self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: starting from scratch")
+            self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: starting a new run")
             return
         self.logger.info(f"resuming from {path}")
         CheckpointLoader(
@@ -245,6 +265,95 @@ class LearningCurveWriter:
 
         plot_learning_curves(self.rows, self.output_dir / f"{self.name}.png")
         self._last_png = time.monotonic()
+
+
+class EpochProgress:
+    """One readable line per epoch: the mean training loss (and its terms), the latest validation metric with the best
+    so far, the epoch time and the time left, e.g.::
+
+        fine-tuning epoch 12/40: loss 0.4123 | val_mean_dice 0.6310 (best 0.6502 at 10) | 6.1 s/epoch, 2m51s left
+
+    Logged by the ``volssl.progress`` logger (the bundles' logging.conf prints it on the console); under
+    ``torch.distributed`` only rank 0 logs.
+
+    Args:
+        name: what is being run (``"pretraining"``, ``"fine-tuning"``, ``"training"``).
+        evaluator: the validation evaluator, when there is one.
+        metric: the evaluator's key metric (default: its first metric).
+    """
+
+    def __init__(self, name: str = "training", evaluator: Engine | None = None, metric: str | None = None) -> None:
+        self.name = name
+        self.evaluator = evaluator
+        self.metric = metric
+        self.logger = logging.getLogger("volssl.progress")
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._start = 0.0
+        self._best: tuple[float, int] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_done)
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self._sums, self._count, self._start = {}, 0, time.perf_counter()
+
+    def _accumulate(self, engine: Engine) -> None:
+        out = engine.state.output
+        out = out[0] if isinstance(out, list) and out else out
+        if isinstance(out, Mapping):
+            for key, value in out.items():
+                if isinstance(value, torch.Tensor) and value.numel() == 1:
+                    value = value.item()
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        self._count += 1
+
+    def _validation(self, epoch: int) -> str:
+        if self.evaluator is None or self.evaluator.state.epoch != epoch or not self.evaluator.state.metrics:
+            return ""
+        metrics = self.evaluator.state.metrics
+        name = self.metric or next(iter(metrics))
+        value = float(metrics[name])
+        if self._best is None or value > self._best[0]:
+            self._best = (value, epoch)
+        return f" | {name} {value:.4f} (best {self._best[0]:.4f} at {self._best[1]})"
+
+    def _epoch_done(self, engine: Engine) -> None:
+        if _rank() > 0:
+            return
+        seconds = time.perf_counter() - self._start
+        epoch, total = int(engine.state.epoch), int(engine.state.max_epochs)
+        losses = " ".join(f"{k} {v / max(self._count, 1):.4f}" for k, v in self._sums.items()) or "no loss"
+        left = _duration(seconds * (total - epoch))
+        self.logger.info(f"{self.name} epoch {epoch}/{total}: {losses}{self._validation(epoch)} | "
+                         f"{seconds:.1f} s/epoch, {left} left")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _progress(checkpoint) -> tuple[int, int] | None:
+    """``(epochs done, epochs planned)`` of a resume checkpoint (``{"trainer": engine.state_dict(), ...}``), if any.
+
+    ignite's ``Engine.state_dict()`` stores the iteration, the epoch length and ``max_epochs``, not the epoch.
+    """
+    trainer = checkpoint.get("trainer") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(trainer, Mapping) or trainer.get("max_epochs") is None:
+        return None
+    if trainer.get("epoch") is not None:
+        done = int(trainer["epoch"])
+    elif trainer.get("iteration") is not None and trainer.get("epoch_length"):
+        done = int(trainer["iteration"]) // int(trainer["epoch_length"])
+    else:
+        return None
+    return done, int(trainer["max_epochs"])
 
 
 def _rank() -> int:

@@ -333,6 +333,9 @@ class CRLNStep:
 
         a = getattr(student, "a", None)
         return {
+            # the labelled batch's logits and label, for the trainer's postprocessing and key metric (train Dice)
+            "pred": y_l.detach(),
+            "label": g.unsqueeze(1),
             "loss": loss.detach(),
             "sup": sup.detach(),
             "unsup": unsup.detach(),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .errors import VolsslInputError
@@ -20,6 +19,8 @@ def read_h5(path, keys=("image", "label"), attrs: bool = False):
     Raises:
         VolsslInputError: missing file, a file h5py cannot open (corrupt or truncated), or a missing dataset.
     """
+    import h5py  # only the converters read h5: the bundles do not declare h5py
+
     path = Path(path)
     if not path.is_file():
         raise VolsslInputError(path, "file not found")

@@ -7,14 +7,13 @@ truncated file where a good one was.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import VolsslInputError
 
 __all__ = ["load_nifti", "save_nifti", "spacing_from_affine", "check_same_grid"]
@@ -66,14 +65,8 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path, dtype=None) -> Path:
     img.set_data_dtype(array.dtype)
     img.header.set_xyzt_units("mm", "sec")
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=suffix) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -31,8 +31,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -48,7 +46,7 @@ from ..data.datalist import (
     resolve_role,
     validate_datalist,
 )
-from ..io import VolsslInputError, check_same_grid, load_nifti, spacing_from_affine
+from ..io import VolsslInputError, atomic_path, check_same_grid, load_nifti, spacing_from_affine
 from .segmentation import ASD_DEFINITION, EMPTY_RULES, HD95_DEFINITION, METRIC_KEYS, compute_case_metrics
 from .slice_dice import PooledSliceDice
 
@@ -248,15 +246,8 @@ def format_summary(summary: Mapping, digits: int = 4) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp_{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        f.write(text)
     return path
 
 

@@ -55,6 +55,7 @@ def evaluate_and_report(
         figure = plot_overlay(
             image, label, pred, Path(output_dir) / "overlay.png", slice_axis=slice_axis,
             title=f"{title + ': ' if title else ''}{case}",
+            class_names={int(k): entry["name"] for k, entry in summary["classes"].items()},
         )
         summary.setdefault("files", {})["overlay"] = str(figure)
     return summary

@@ -9,7 +9,14 @@
 
 from __future__ import annotations
 
-from .checkpoint import DEFAULT_STATE_KEYS, extract_state_dict, load_encoder_weights, with_encoder_weights
+from .checkpoint import (
+    DEFAULT_STATE_KEYS,
+    PRETRAIN_HINT,
+    extract_state_dict,
+    load_encoder_weights,
+    with_encoder_weights,
+    with_weights,
+)
 from .freeze import freeze_encoder
 from .heads import PretrainNet2d, ProjectionHead
 from .unet2d import (
@@ -39,6 +46,8 @@ __all__ = [
     "init_kaiming_normal",
     "load_encoder_weights",
     "with_encoder_weights",
+    "with_weights",
+    "PRETRAIN_HINT",
 ]
 
 from .sal import PositionalHead, SalPretrainNet2d  # noqa: E402

@@ -26,13 +26,23 @@ from torch import nn
 
 from volssl.io.errors import VolsslInputError
 
-__all__ = ["DEFAULT_STATE_KEYS", "extract_state_dict", "load_encoder_weights", "with_encoder_weights"]
+__all__ = [
+    "DEFAULT_STATE_KEYS",
+    "PRETRAIN_HINT",
+    "extract_state_dict",
+    "load_encoder_weights",
+    "with_encoder_weights",
+    "with_weights",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STATE_KEYS: tuple[str, ...] = ("network", "model", "state_dict", "net")
 """Keys tried in order when a checkpoint holds the model state inside a dict (MONAI ``CheckpointSaver`` saves
 ``{"network": ..., "optimizer": ...}``; PCL and CORAL save ``{"net": ...}``)."""
+
+PRETRAIN_HINT = "run configs/pretrain.json first, or pass --load_pretrain False to fine-tune from random initialisation"
+"""What to do when the pretrained encoder a fine-tuning run asks for is missing."""
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
 
@@ -95,6 +105,13 @@ def extract_state_dict(
     )
 
 
+def _read_checkpoint(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, or objects that weights_only refuses to unpickle
+        raise VolsslInputError(path, f"cannot read checkpoint with torch.load(weights_only=True): {err}") from err
+
+
 def load_encoder_weights(
     model: nn.Module,
     checkpoint_path: str | os.PathLike,
@@ -132,12 +149,8 @@ def load_encoder_weights(
     """
     path = Path(checkpoint_path)
     if not path.is_file():
-        raise VolsslInputError(path, "checkpoint file not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file, or objects that weights_only refuses to unpickle
-        raise VolsslInputError(path, f"cannot read checkpoint with torch.load(weights_only=True): {err}") from err
-    state = extract_state_dict(checkpoint, path, key)
+        raise VolsslInputError(path, f"pretrained encoder checkpoint not found: {PRETRAIN_HINT}")
+    state = extract_state_dict(_read_checkpoint(path), path, key)
 
     tgt_prefix = prefix if target_prefix is None else target_prefix
     source = {name[len(prefix) :]: value for name, value in state.items() if name.startswith(prefix)}
@@ -211,4 +224,30 @@ def with_encoder_weights(
         logger.info("no pretrained checkpoint given: %s keeps its random initialisation", type(model).__name__)
         return model
     load_encoder_weights(model, checkpoint_path, strict=strict, prefix=prefix, key=key, target_prefix=target_prefix)
+    return model
+
+
+def with_weights(model: nn.Module, checkpoint_path: str | os.PathLike | None, key: str | None = None) -> nn.Module:
+    """Load a whole-network checkpoint (e.g. a bundle's ``models/model.pt``) into ``model`` and return it; a no-op
+    when ``checkpoint_path`` is ``None`` or ``""``. For ``train.json``'s ``init_weights``: continue training from
+    earlier weights (a new run, unlike ``resume``).
+
+    Raises:
+        VolsslInputError: a missing or unreadable file, no state dict in it, or entries/shapes that differ from
+            ``model`` (e.g. weights trained with another ``features`` or ``num_classes``).
+    """
+    if checkpoint_path is None or str(checkpoint_path) == "":
+        return model
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise VolsslInputError(path, "init_weights checkpoint not found (pass --init_weights None to start afresh)")
+    state = extract_state_dict(_read_checkpoint(path), path, key)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise VolsslInputError(
+            path, f"does not fit {type(model).__name__} (trained with other network values?): {' '.join(first[:3])}"
+        ) from err
+    logger.info("initialised %s from %s", type(model).__name__, path)
     return model

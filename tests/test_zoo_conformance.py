@@ -1,0 +1,180 @@
+"""Model-zoo conformance of the three bundles, checked offline: the zoo's JSON style, the metadata schema, the ids MONAI
+tools and MONAI Label rely on, defaults that point at no path of this repository, the values a run records, the
+model-card sections, and ONNX export with dynamic spatial axes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import BUNDLES, REPO_ROOT, export_tool
+from volssl.io import VolsslInputError
+
+NAMES = ("coral_mri_segmentation", "sal_mri_segmentation", "crln_mri_segmentation")
+SLICE_BUNDLES = NAMES[:2]
+CONFIG_FILES = sorted(p for name in NAMES for p in (BUNDLES / name / "configs").glob("*.json"))
+# the zoo's spleen_ct_segmentation train.json ids that MONAI Label and the zoo's CI read
+TRAIN_IDS = ("bundle_root", "device", "dataset_dir", "output_dir", "network_def", "network", "train#trainer",
+             "train#dataset#data", "train#handlers", "train#postprocessing", "train#key_metric", "train#inferer",
+             "validate#evaluator", "validate#dataset#data", "validate#postprocessing", "validate#key_metric",
+             "validate#inferer", "validate#handlers", "initialize", "run")
+INFER_IDS = ("bundle_root", "device", "dataset_dir", "output_dir", "network_def", "network", "preprocessing",
+             "postprocessing", "inferer", "dataset", "evaluator", "handlers", "initialize", "run")
+MODEL_CARD_SECTIONS = ("Overview", "Data", "Training configuration", "Input", "Output", "Performance",
+                       "MONAI bundle commands", "References", "License")
+# overlays shipped in the repo (not in an export): their values must reach the training record
+OVERLAY_NAMES = ("cpu_small.json", "adam.json", "pcl.json")
+
+
+def _parser(path: Path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    return parser
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_configs_in_zoo_json_style(path):
+    text = path.read_text()
+    assert text == json.dumps(json.loads(text), indent=4, ensure_ascii=False) + "\n", (
+        f"{path} is not in the model-zoo style: run `python tools/export_bundle.py format bundles`")
+
+
+def test_format_check_flags_an_unstyled_config(tmp_path):
+    config = tmp_path / "configs" / "x.json"
+    config.parent.mkdir()
+    config.write_text('{"a": [1, 2]}')
+    with pytest.raises(VolsslInputError, match="x.json"):
+        export_tool().format(str(tmp_path), check=True)
+    export_tool().format(str(tmp_path))
+    assert config.read_text() == '{\n    "a": [\n        1,\n        2\n    ]\n}\n'
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata_passes_the_zoo_schema(name):
+    meta_path = BUNDLES / name / "configs" / "metadata.json"
+    assert export_tool().metadata_problems(meta_path) == []
+    meta = json.loads(meta_path.read_text())
+    assert meta["schema"].endswith(export_tool().SCHEMA.name)
+    # every declared package is on the package index (no project-internal package), and nothing else is needed
+    assert set(meta["required_packages_version"]) == set(export_tool().REQUIRED_PACKAGES)
+    assert all(isinstance(v, (int, float)) for v in meta["eval_metrics"].values()), meta["eval_metrics"]
+    channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert len(channel_def) == meta["network_data_format"]["outputs"]["pred"]["num_channels"]
+    assert not any(v.startswith("class ") for v in channel_def.values())
+
+
+def test_schema_copy_rejects_a_metadata_without_required_keys(tmp_path):
+    meta = json.loads((BUNDLES / NAMES[0] / "configs" / "metadata.json").read_text())
+    del meta["required_packages_version"]
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(meta))
+    problems = export_tool().metadata_problems(bad)
+    assert problems and "required_packages_version" in problems[0]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_train_and_inference_ids(name):
+    configs = BUNDLES / name / "configs"
+    train, infer = _parser(configs / "train.json"), _parser(configs / "inference.json")
+    assert [i for i in TRAIN_IDS if i not in train] == []
+    assert [i for i in INFER_IDS if i not in infer] == []
+    assert (configs / "multi_gpu_train.json").is_file()
+    for parser in (train, infer):
+        assert parser["dataset_dir"] == "/workspace/data"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_defaults_point_at_no_path_of_this_repository(name):
+    tops = sorted(p.name for p in REPO_ROOT.iterdir() if not p.name.startswith("."))
+    for path in (BUNDLES / name / "configs").glob("*.json"):
+
+        def strings(value):
+            if isinstance(value, dict):
+                for v in value.values():
+                    yield from strings(v)
+            elif isinstance(value, list):
+                for v in value:
+                    yield from strings(v)
+            elif isinstance(value, str):
+                yield value
+
+        for text in strings(json.loads(path.read_text())):
+            for top in tops:
+                assert not text.startswith((f"{top}/", f"./{top}/")) and f"'{top}/" not in text, (path.name, text)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trained_values_cover_what_inference_and_overlays_set(name):
+    """Every value an overlay (or a command line) may change that inference.json also has must be recorded with the
+    weights, else an export could not rebuild the trained network."""
+    configs = BUNDLES / name / "configs"
+    train = json.loads((configs / "train.json").read_text())
+    infer = json.loads((configs / "inference.json").read_text())
+    recorded = set(train["trained_values"])
+    assert recorded <= set(train), recorded - set(train)
+    assert all(v == f"@{k}" for k, v in train["trained_values"].items())
+    plain_infer = {k for k, v in infer.items() if not (isinstance(v, str) and v.startswith(("$", "@")))
+                   and not isinstance(v, dict) and k not in ("imports", "initialize", "run", "handlers")}
+    runtime_only = {"sw_batch_size", "overlap", "sw_mode", "input", "input_role", "bundle_root", "dataset_dir"}
+    assert (plain_infer & set(train)) - runtime_only <= recorded, (plain_infer & set(train)) - runtime_only - recorded
+    for overlay in OVERLAY_NAMES:
+        if (configs / overlay).is_file():
+            keys = set(json.loads((configs / overlay).read_text())) & plain_infer
+            assert keys - runtime_only <= recorded, (overlay, keys - runtime_only - recorded)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_card_has_the_zoo_sections(name):
+    text = (BUNDLES / name / "docs" / "README.md").read_text()
+    headings = [line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")]
+    missing = [s for s in MODEL_CARD_SECTIONS if not any(h.lower().startswith(s.lower()) for h in headings)]
+    assert missing == []
+
+
+def _onnx_roundtrip(name, overrides, shapes, tmp_path):
+    """``monai.bundle onnx_export`` of the bundle's network_def with dynamic batch and spatial axes; onnxruntime's
+    output equals eager PyTorch within 1e-4 on each input shape."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from monai.bundle import ConfigParser, onnx_export
+
+    configs = BUNDLES / name / "configs"
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    for key, value in overrides.items():
+        parser[key] = value
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def").eval()
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+    overlay = tmp_path / "overlay.json"
+    overlay.write_text(json.dumps(overrides))
+    axes = {0: "batch", **{i: f"spatial_{i}" for i in range(2, len(shapes[0]))}}
+    onnx_path = tmp_path / "model.onnx"
+    onnx_export(net_id="network_def", filepath=str(onnx_path), ckpt_file=str(ckpt),
+                meta_file=str(configs / "metadata.json"), config_file=[str(configs / "inference.json"), str(overlay)],
+                input_shape=list(shapes[0]),
+                converter_kwargs={"input_names": ["image"], "output_names": ["pred"],
+                                  "dynamic_axes": {"image": axes, "pred": axes}, "verify": False})
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    for shape in shapes:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            expected = net(x).numpy()
+        (got,) = session.run(None, {"image": x.numpy()})
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", SLICE_BUNDLES)
+def test_onnx_export_slice_network(name, tmp_path):
+    _onnx_roundtrip(name, {"features": 4}, [(2, 1, 48, 64), (1, 1, 32, 80)], tmp_path)
+
+
+def test_onnx_export_crln_network(tmp_path):
+    overrides = {"n_filters": 4, "num_prototypes": 4, "dropout": 0.0}
+    _onnx_roundtrip("crln_mri_segmentation", overrides, [(1, 1, 32, 32, 16), (2, 1, 48, 32, 32)], tmp_path)
