@@ -13,9 +13,11 @@ iterations: forward, loss, backward, optimiser step: the network's work), ``val_
 ``other_s`` (everything else: checkpoints, learning-curve files, logging). ``non_network`` = 1 - step / wall. Variants:
 
 - ``before``: the configs as they were (slices cached as MetaTensors and augmented with metadata tracking, the
-  learning-curve PNG redrawn after every epoch, one pass over the labelled slices per epoch with a validation after
-  each);
-- ``after``: the current configs, same schedule (plain-tensor slices, the PNG redrawn at most every 30 s);
+  learning-curve PNG redrawn after every epoch, validation by MONAI's ``SliceInferer`` with the training patch as
+  window, one pass over the labelled slices per epoch with a validation after each);
+- ``after``: the current configs, same schedule (plain-tensor slices, the PNG redrawn at most every 30 s,
+  validation by ``volssl.inferers.WholeSliceInferer`` as in ``inference.json``: whole slices padded to a multiple
+  of 16, in batches);
 - ``after_ipe<N>``: the current configs with ``iterations_per_epoch=N`` (validation, checkpoint and curve once per N
   iterations instead of once per pass over a few labelled slices);
 - ``after_ipe<N>_workers1``: the same with one DataLoader worker process, which prepares the next batches while the
@@ -181,7 +183,9 @@ def _finetune_variant(variant: str) -> dict:
     parser.read_config(str(configs / "train.json"))
     png = _curve_writer_path(parser["train#handlers"], "train#handlers")
     if variant == "before":
-        return {"train#dataset#track_meta": True, png: 0}
+        sliding = {"_target_": "SliceInferer", "spatial_dim": "@slice_axis", "roi_size": "@patch_size",
+                   "sw_batch_size": "@sw_batch_size", "overlap": 0.25, "mode": "gaussian"}
+        return {"train#dataset#track_meta": True, png: 0, "validate#inferer": sliding}
     if variant == "after":
         return {}
     if variant.startswith("after_ipe"):
