@@ -111,6 +111,8 @@ def test_train_config_options(tmp_path, bundle):
     assert type(batch["image"]) is torch.Tensor  # plain tensors: no metadata tracked in the training augmentation
     state = parser.get_parsed_content("train#resume_state")
     assert isinstance(state["early_stop"], EarlyStopOnPlateau) and state["early_stop"].patience == 3
+    # the object saved with the checkpoints is the one the trainer runs (a handler of the list, not a copy)
+    assert state["early_stop"] is parser.get_parsed_content("train#handlers")[1]
     default = ConfigParser()
     default.read_config([str(configs / "train.json")])
     assert default["freeze_encoder"] is False and default["early_stop_patience"] is None
@@ -124,7 +126,8 @@ def test_crln_config_has_early_stopping():
     parser.read_config(str(BUNDLES / "crln_mri_segmentation" / "configs" / "train.json"))
     assert parser["early_stop_patience"] is None
     assert parser["train#resume_state#early_stop"] == "@train#early_stop"
-    assert "@train#early_stop" in parser["train#handlers"]
+    assert parser["train#early_stop"] == "@train#handlers#1"
+    assert parser["train#handlers#1#_target_"] == "volssl.engines.EarlyStopOnPlateau"
 
 
 def test_learning_curve_png_is_throttled_and_drawn_at_the_end(tmp_path, monkeypatch):
