@@ -227,3 +227,22 @@ def test_export_verify_standalone_download_and_load(workspace, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-2] == "UNet2d"
+
+
+def test_pretrain_config_is_the_public_codes(tmp_path):
+    """pretrain.json: one forward per view (TwoViewContrastiveStep's default), RAL with the formula's ties (tolerance
+    1e-6), and the elastic deformation scaled with the patch (cpu_small's 64 x 64: control points every 5 px, not the
+    30 px of ACDC's 352 x 352 patches)."""
+    from monai.bundle import ConfigParser
+
+    for overlays, spacing in (([], 30.0), ([CONFIGS / "cpu_small.json"], 5.0)):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / "pretrain.json"), *map(str, overlays)])
+        parser["dataset_dir"] = str(tmp_path)
+        loss = parser.get_parsed_content("loss")
+        assert loss.relational.tie_tolerance == 1e-6
+        step = parser.get_parsed_content("pretrain#trainer#iteration_update")
+        assert step.separate_forwards
+        views = parser.get_parsed_content("pretrain#augmentation").transforms[0].view_transform
+        deform = views.transforms[-1].rand_2d_elastic.deform_grid
+        assert tuple(deform.spacing) == (spacing, spacing)

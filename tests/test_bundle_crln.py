@@ -30,7 +30,7 @@ TINY = {
     "patch_size": [32, 32, 16],
     "iterations_per_epoch": 2,
     "epochs": 1,
-    "rectify_after_epoch": 1,
+    "rectify_after_iterations": 1,
     "num_anchors": 16,
     "num_negatives": 32,
     "num_workers": 0,
@@ -91,8 +91,66 @@ def test_train_outputs(workspace):
     assert any(not torch.equal(teacher[k], v) for k, v in ckpt["network"].items() if v.is_floating_point())
     logs = workspace["bundle_root"] / "logs" / "train"
     header = (logs / "train_curve.csv").read_text().splitlines()[0].split(",")
-    assert {"epoch", "train_loss", "train_sup", "train_unsup", "train_cps", "train_a", "val_mean_dice"} <= set(header)
+    assert {"epoch", "train_loss", "train_sup", "train_unsup", "train_cps", "train_a", "train_unsup_weight",
+            "val_mean_dice", "val_mean_dice_teacher", "val_mean_dice_student"} <= set(header)
     assert list(logs.glob("events.out.tfevents.*"))
+
+
+def test_model_pt_is_the_ema_teacher(workspace):
+    """Acceptance (issue 14): the bundle ships the EMA teacher, as the official code. The fixture's run validates once,
+    at its last (only) epoch, so that validation saves models/model.pt: it must equal the teacher of the final
+    checkpoint exactly and differ from the student; the validation log scores both networks."""
+    models = workspace["bundle_root"] / "models"
+    model = torch.load(models / "model.pt", weights_only=True)
+    ckpt = torch.load(models / "train_checkpoints" / "checkpoint_epoch=1.pt", weights_only=True)
+    teacher, student = ckpt["step"]["teacher"], ckpt["network"]
+    assert set(model) == set(teacher)
+    for k, v in model.items():
+        assert torch.equal(v, teacher[k]), k
+    assert any(not torch.equal(v, student[k]) for k, v in model.items() if v.is_floating_point())
+    assert ckpt["best_model"]["best_epoch"] == 1
+    curve = (workspace["bundle_root"] / "logs" / "train" / "train_curve.csv").read_text().splitlines()
+    row = dict(zip(curve[0].split(","), curve[1].split(",")))
+    assert float(row["val_mean_dice"]) == float(row["val_mean_dice_teacher"])  # selection metric = the teacher's
+    assert 0.0 <= float(row["val_mean_dice_student"]) <= 1.0
+
+
+def test_model_to_ship_selects_the_validated_network(workspace):
+    """``model_to_ship`` picks the network that validation scores under ``val_mean_dice`` and that BestModelSaver
+    writes; the other one is scored by ``validate#other_evaluator``. A wrong name stops with a clear error."""
+    files = [CONFIGS / "train.json", workspace["tiny"]]
+    common = {"bundle_root": str(workspace["bundle_root"]), "dataset_dir": str(workspace["root"] / "data")}
+    for which, other in (("teacher", "student"), ("student", "teacher")):
+        parser = _parser(files, model_to_ship=which, **common)
+        step = parser.get_parsed_content("train#step")
+        evaluator = parser.get_parsed_content("validate#evaluator")
+        other_evaluator = parser.get_parsed_content("validate#other_evaluator")
+        assert evaluator.network is step.network(which) and other_evaluator.network is step.network(other)
+        assert parser.get_parsed_content("validate#best_model").network is step.network(which)
+        assert set(parser.get_parsed_content("validate#additional_metrics")) == {f"val_mean_dice_{which}"}
+        assert set(parser.get_parsed_content("validate#other_key_metric")) == {f"val_mean_dice_{other}"}
+    assert step.network("teacher") is step.teacher and step.network("student") is parser.get_parsed_content("network")
+    with pytest.raises(Exception) as err:  # MONAI wraps the ValueError of the config expression
+        _parser(files, model_to_ship="ema", **common).get_parsed_content("validate#evaluator")
+    assert "'teacher' or 'student', got 'ema'" in str(err.value.__cause__)
+
+
+def test_schedules_are_fractions_of_the_run():
+    """Rectification after 2 % of the run (the official 800 of 40k iterations) and, in mean-teacher mode, UA-MT's
+    sigmoid ramp-up of the unsupervised weight over the whole run; both follow a shorter run, both can be set in
+    iterations instead."""
+    paper = _parser([CONFIGS / "train.json"])
+    assert paper.get_parsed_content("total_iterations") == 40000
+    assert paper.get_parsed_content("rectify_after_iterations") == 800
+    assert paper.get_parsed_content("unsup_rampup_iterations") == 0  # CRLN's code has no ramp-up
+    assert paper["train#step#rectify_after_iterations"] == "@rectify_after_iterations"
+    assert paper["train#step#unsup_rampup_iterations"] == "@unsup_rampup_iterations"
+    short = _parser([CONFIGS / "train.json", CONFIGS / "cpu_small.json"], mode="mean_teacher")
+    assert short.get_parsed_content("total_iterations") == 1000
+    assert short.get_parsed_content("rectify_after_iterations") == 20
+    assert short.get_parsed_content("unsup_rampup_iterations") == 1000
+    fixed = _parser([CONFIGS / "train.json", CONFIGS / "cpu_small.json"], rectify_after_iterations=150)
+    assert fixed.get_parsed_content("rectify_after_iterations") == 150
 
 
 def test_splits_and_monai_label_injection(workspace):
@@ -117,7 +175,8 @@ def test_splits_and_monai_label_injection(workspace):
 
 def test_resume_after_interruption(workspace):
     """A run is killed after it saved an epoch; the next run resumes from that checkpoint (teacher, rectifier
-    optimiser, network, optimiser, scheduler, best model, trainer) instead of starting again."""
+    optimiser, network, optimiser, scheduler, best model, trainer) instead of starting again. (The killed run itself
+    starts anew: the checkpoint it finds is of the fixture's finished run.)"""
     ckpt_dir = workspace["bundle_root"] / "models" / "train_checkpoints"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     args = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
@@ -135,7 +194,8 @@ def test_resume_after_interruption(workspace):
     saved = _latest_epoch(ckpt_dir)
     assert 2 <= saved < 50
     killed_log = (workspace["root"] / "killed.log").read_text()
-    assert "checkpoint_epoch=1.pt" in killed_log and "Epoch[1] Complete" not in killed_log
+    # the fixture's 1-epoch run had finished: the 50-epoch run is a new run, not its continuation
+    assert "checkpoint_epoch=1.pt is from a finished run" in killed_log and "Epoch[1] Complete" in killed_log
 
     # the restored state is the checkpoint's: load it the way a resumed run does (ResumeFromLatest at STARTED)
     from ignite.engine import Events
@@ -324,3 +384,23 @@ def test_export_and_standalone_inference(workspace, tmp_path):
     for key, value in TINY.items():
         if key in inference and key not in ("sw_batch_size", "overlap"):
             assert inference[key] == value, key
+
+
+def test_ddp_train_with_torchrun(workspace, tmp_path):
+    """CRLN's multi-GPU overlay under torchrun (2 CPU processes, gloo; NCCL on GPUs): the step wraps the student's
+    training forwards in DDP (gradients averaged over the processes), each process keeps the configured iterations
+    per epoch, and the shipped model.pt is a plain state dict that the single-process inference network loads."""
+    from bundle_helpers import run_torchrun
+
+    common = ["--bundle_root", str(tmp_path), "--dataset_dir", str(workspace["root"] / "data"),
+              "--logging_file", str(CONFIGS / "logging.conf")]
+    proc = run_torchrun(["run", "--config_file", config_list(CONFIGS / "train.json", CONFIGS / "multi_gpu_train.json",
+                                                              workspace["tiny"]), *common, "--epochs", "2"], cwd=tmp_path)
+    assert (proc.stdout + proc.stderr).count("student forwards in DistributedDataParallel over 2 processes") == 2
+    model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith(("module.", "student.")) for k in model)
+    parser = _parser([CONFIGS / "inference.json", workspace["tiny"]], bundle_root=str(tmp_path))
+    parser.get_parsed_content("network_def").load_state_dict(model)
+    ckpt = torch.load(next((tmp_path / "models" / "train_checkpoints").glob("checkpoint_epoch=2.pt")), weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 2 * TINY["iterations_per_epoch"]
+    assert (tmp_path / "models" / "training_record.json").is_file()

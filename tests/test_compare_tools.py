@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|trace|trace_m
 TOOL = REPO_ROOT / "tools" / "compare_semisupervised.py"
 
 
-def _fake_run(root: Path, arm: str, seed: int, dice: float, hd95: float, best_val: float) -> None:
+def _fake_run(root: Path, arm: str, seed: int, dice: float, hd95: float, best_val: float, pooled=None) -> None:
     run_root = root / arm / f"seed{seed}"
     (run_root / "eval").mkdir(parents=True)
     stat = lambda v: {"mean": v, "std": 0.0, "n": 2}  # noqa: E731
@@ -34,6 +34,8 @@ def _fake_run(root: Path, arm: str, seed: int, dice: float, hd95: float, best_va
         "mean_foreground": {"dice": stat(dice), "jaccard": stat(dice / (2 - dice)), "hd95_mm": stat(hd95),
                             "asd_mm": stat(hd95 / 4), "hd95_vox": stat(hd95 / 2), "asd_vox": stat(hd95 / 8)},
     }
+    if pooled is not None:  # written by volssl.metrics.summarize as one number for the foreground mean
+        summary["mean_foreground"]["pooled_slice_dice"] = pooled
     (run_root / "eval" / "metrics_summary.json").write_text(json.dumps(summary))
     (run_root / "train.log").write_text(f"x - volssl.best_model - INFO - epoch 3: best val_mean_dice {best_val:.4f}, "
                                         "saved m.pt\n")
@@ -42,8 +44,8 @@ def _fake_run(root: Path, arm: str, seed: int, dice: float, hd95: float, best_va
 
 def test_summarize_mean_and_std_over_seeds(tmp_path):
     for seed, dice in enumerate([0.5, 0.7]):
-        _fake_run(tmp_path, "crln", seed, dice, hd95=10.0 + seed, best_val=dice - 0.1)
-    _fake_run(tmp_path, "supervised", 0, 0.4, hd95=20.0, best_val=0.3)
+        _fake_run(tmp_path, "crln", seed, dice, hd95=10.0 + seed, best_val=dice - 0.1, pooled=dice + 0.1)
+    _fake_run(tmp_path, "supervised", 0, 0.4, hd95=20.0, best_val=0.3)  # an older summary: no pooled 2D Dice
     comparison_common.summarize(str(tmp_path), arm_order=["supervised", "crln"])
 
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
@@ -55,6 +57,12 @@ def test_summarize_mean_and_std_over_seeds(tmp_path):
     crln = table[3]
     std = statistics.stdev([0.5, 0.7])
     assert f"0.6000 +- {std:.4f}" in crln and f"10.5000 +- {statistics.stdev([10.0, 11.0]):.4f}" in crln
+    header = [c.strip() for c in table[0].split("|")]
+    pooled = header.index("pooled_dice_2d_mean_fg")
+    assert header[pooled - 1] == "asd_vox_mean_fg"  # next to the 3D metrics
+    assert crln.split("|")[pooled].strip() == f"0.7000 +- {std:.4f}"
+    assert table[2].split("|")[pooled].strip() == "-"
+    assert rows[2]["pooled_dice_2d_mean_fg"] == "" and float(rows[0]["pooled_dice_2d_mean_fg"]) == pytest.approx(0.6)
     assert (tmp_path / "results.png").stat().st_size > 0
 
 
@@ -78,7 +86,7 @@ def test_overlay_files_in_order_and_missing_named(tmp_path):
 def test_compare_semisupervised_end_to_end(tmp_path):
     datalist = make_tiny_dataset(tmp_path / "data", n=6, n_labeled=2, n_val=1, n_test=1)
     tiny = {"n_filters": 4, "num_prototypes": 4, "num_classes": 4, "patch_size": [32, 32, 16], "epochs": 1,
-            "iterations_per_epoch": 2, "rectify_after_epoch": 0, "num_anchors": 16, "num_negatives": 32,
+            "iterations_per_epoch": 2, "rectify_after_iterations": 0, "num_anchors": 16, "num_negatives": 32,
             "num_workers": 0, "val_overlap": 0.0, "overlap": 0.0}
     out = tmp_path / "cmp"
     cmd = [sys.executable, str(TOOL), "run", "--datalist", str(datalist), "--output_dir", str(out),
@@ -90,13 +98,18 @@ def test_compare_semisupervised_end_to_end(tmp_path):
     assert sorted(r["arm"] for r in rows) == ["crln", "supervised"]
     for r in rows:
         for column in ("dice_mean_fg", "jaccard_mean_fg", "hd95_mm_mean_fg", "asd_mm_mean_fg", "hd95_vox_mean_fg",
-                       "train_s"):
+                       "pooled_dice_2d_mean_fg", "train_s"):
             assert r[column] != ""
     assert (out / "crln" / "seed0" / "eval" / "predictions").is_dir()
     last = list(csv.DictReader(open(out / "results_last.csv")))  # the last models, scored the same way
     assert sorted(r["arm"] for r in last) == ["crln", "supervised"]
     state = torch.load(out / "crln" / "seed0" / "models" / "model_last.pt", weights_only=True)
     assert "a" in state and all(isinstance(v, torch.Tensor) for v in state.values())  # plain state dict of CRLNNet
+    # the last model is the EMA teacher of the last checkpoint (what the bundle ships), not the student
+    ckpt = torch.load(out / "crln" / "seed0" / "models" / "train_checkpoints" / "checkpoint_epoch=1.pt",
+                      weights_only=True)
+    assert all(torch.equal(v, ckpt["step"]["teacher"][k]) for k, v in state.items())
+    assert any(not torch.equal(v, ckpt["network"][k]) for k, v in state.items() if v.is_floating_point())
     protocol = json.loads((out / "protocol.json").read_text())
     assert protocol["modes"] == ["supervised", "crln"] and protocol["overrides"]["epochs"] == 1
 

@@ -82,6 +82,30 @@ def test_cps_lower_when_anchors_sit_at_their_class_mean() -> None:
     assert loss.last_num_anchors == 64
 
 
+def test_cps_lower_bound_is_reached_by_a_simplex_of_classes() -> None:
+    """The floor judged against in the model card: 2.34 for 2 classes (tau 0.5, 512 negatives), 3.28 for 3. Collapsed
+    classes on a regular simplex reach it; any other arrangement (here: random class points) stays above it."""
+    loss = CPSLoss(num_anchors=8, num_negatives=512)
+    assert loss.lower_bound(2) == pytest.approx(math.log(1 + 512 * math.exp(-4.0))) == pytest.approx(2.3397, abs=1e-4)
+    assert loss.lower_bound(3) == pytest.approx(3.2768, abs=1e-4)
+    assert loss.lower_bound(4) == pytest.approx(3.5994, abs=1e-4)
+    assert loss.lower_bound(2) < loss.lower_bound(3) < math.log(513)
+    with pytest.raises(ValueError):
+        loss.lower_bound(1)
+    simplex = torch.tensor([[1.0, 0.0], [-0.5, math.sqrt(3) / 2], [-0.5, -math.sqrt(3) / 2]])  # 3 unit vectors, cos -1/2
+    g = torch.Generator().manual_seed(0)
+    for points, expect_floor in ((simplex, True), (F.normalize(torch.randn(3, 2, generator=g), dim=1), False)):
+        labels = torch.arange(3).repeat_interleave(20).reshape(1, 60, 1, 1)
+        emb = points[labels[0, :, 0, 0]].t().reshape(1, 2, 60, 1, 1)
+        probs = torch.full((1, 3, 60, 1, 1), 1 / 3)
+        value = loss(emb, labels, torch.ones_like(labels, dtype=torch.bool), probs,
+                     generator=torch.Generator().manual_seed(1)).item()
+        if expect_floor:
+            assert value == pytest.approx(loss.lower_bound(3), abs=1e-4)
+        else:
+            assert value > loss.lower_bound(3) + 0.05
+
+
 def test_cps_empty_class_and_degenerate_cases_are_finite_with_graph() -> None:
     emb, labels, valid, probs = _clustered()
     probs3 = torch.cat([probs, torch.zeros_like(probs[:, :1])], dim=1)  # class 2 never occurs

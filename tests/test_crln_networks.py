@@ -95,8 +95,8 @@ def test_dim_stage_keeps_voxel_order() -> None:
     torch.manual_seed(0)
     stage = DIMStage(in_channels=3, embed_dim=8, num_classes=2, num_prototypes=4).eval()
     with torch.no_grad():
-        stage.depthwise.weight.zero_()
-        stage.depthwise.weight[:, :, 1, 1, 1] = 1.0
+        stage.separable.depthwise.weight.zero_()
+        stage.separable.depthwise.weight[:, :, 1, 1, 1] = 1.0
     feat = torch.randn(1, 3, 4, 6, 5)
     protos = torch.randn(1, 8, 8)
     cue, new_protos = stage(feat, protos)
@@ -108,6 +108,55 @@ def test_dim_stage_keeps_voxel_order() -> None:
     expected = torch.zeros(4, 6, 5, dtype=torch.bool)
     expected[1, 4, 2] = True
     assert torch.equal(changed, expected)
+
+
+def test_dim_stage_official_layers_shared_by_the_classes() -> None:
+    """The separable conv carries BatchNorm (depthwise -> BN -> ReLU -> pointwise -> BN -> ReLU, no conv biases) and
+    maps each class's K attention maps to its cue with the same weights: swapping the two classes' prototype blocks
+    swaps their cues (a conv mixing all n K maps, as before, would not)."""
+    torch.manual_seed(0)
+    stage = DIMStage(in_channels=3, embed_dim=8, num_classes=2, num_prototypes=4).eval()
+    layers = [type(m).__name__ for m in stage.separable]
+    assert layers == ["Conv3d", "BatchNorm3d", "ReLU", "Conv3d", "BatchNorm3d", "ReLU"]
+    assert stage.separable.depthwise.bias is None and stage.separable.pointwise.bias is None
+    assert stage.separable.depthwise.groups == 4 and stage.to_cue.out_channels == 1
+    feat = torch.randn(1, 3, 4, 6, 5)
+    protos = torch.randn(1, 8, 8)
+    swapped = torch.cat([protos[:, 4:], protos[:, :4]], dim=1)
+    with torch.no_grad():
+        cue, new_protos = stage(feat, protos)
+        cue_s, new_protos_s = stage(feat, swapped)
+    assert cue.abs().sum() > 0
+    torch.testing.assert_close(cue_s, cue.flip(1))
+    torch.testing.assert_close(new_protos_s, torch.cat([new_protos[:, 4:], new_protos[:, :4]], dim=1))
+
+
+def test_rectification_map_is_non_negative() -> None:
+    """M = ReLU(ConvTranspose(cue)) as the official code, even where the cue is negative."""
+    torch.manual_seed(0)
+    dim = DynamicInteractionModule(in_channels=(12, 6), num_classes=3, num_prototypes=5, embed_dim=8)
+    with torch.no_grad():
+        dim.upsample[0].bias.fill_(-0.05)  # pushes part of the map below zero before the ReLU
+        rect_map, _ = dim([torch.randn(2, 12, 4, 4, 4), torch.randn(2, 6, 8, 8, 8)])
+        pre = dim.upsample[0](torch.zeros(1, 3, 8, 8, 8))
+    assert isinstance(dim.upsample[1], nn.ReLU) and (pre < 0).any()
+    assert rect_map.min() >= 0 and (rect_map == 0).any() and (rect_map > 0).any()
+
+
+def test_representation_head_is_the_official_one() -> None:
+    """conv3x3x3 (no bias) -> BatchNorm -> ReLU -> conv1x1x1, width E throughout."""
+    from volssl.networks import RepresentationHead3d
+
+    head = RepresentationHead3d(in_channels=4, out_dim=6)
+    assert head.conv1.kernel_size == (3, 3, 3) and head.conv1.bias is None and head.conv1.out_channels == 6
+    assert isinstance(head.norm, nn.BatchNorm3d) and head.conv2.kernel_size == (1, 1, 1)
+    x = torch.zeros(1, 4, 5, 5, 5)
+    x[0, :, 2, 2, 2] = 1.0  # a 3x3x3 receptive field: one voxel reaches its 26 neighbours
+    head.eval()
+    with torch.no_grad():
+        reach = head.conv1(x).abs().sum(1)[0] > 0
+        assert head(x).shape == (1, 6, 5, 5, 5)
+    assert reach[1:4, 1:4, 1:4].all() and reach.sum() == 27
 
 
 def _tiny_crln(**kwargs) -> CRLNNet:
@@ -127,11 +176,15 @@ def test_crln_net_outputs_and_gradients() -> None:
     target = torch.randint(0, 2, (2, 1, 16, 16, 32))
     DiceCELoss(to_onehot_y=True, softmax=True)(out["rectified"], target).backward()
     assert net.a.grad is not None and net.a.grad.abs() > 0
-    assert net.dim.upsample.weight.grad.abs().sum() > 0
+    assert net.dim.upsample[0].weight.grad.abs().sum() > 0
+    assert out["rect_map"].min() >= 0
     assert net.dim.prototypes.grad.abs().sum() > 0
     net.eval()
     with torch.no_grad():
         torch.testing.assert_close(net(x), net.forward_train(x)["rectified"])
+        plain = net.forward_train(x, rectifier=False)  # the strong-view forward: no DIM
+        assert set(plain) == {"logits", "embedding"}
+        torch.testing.assert_close(plain["logits"], net.backbone(x))
 
 
 def test_crln_net_trace_and_script() -> None:

@@ -1,10 +1,11 @@
-"""Engine handlers: resume from the newest readable checkpoint, best-model saving that survives a resume."""
+"""Engine pieces: resume from the newest readable checkpoint, best-model saving that survives a resume, and the two-view
+pretraining step (one forward per view)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from ignite.engine import Engine
-
 from volssl.engines import BestModelSaver, ResumeFromLatest
 
 
@@ -102,3 +103,48 @@ def test_with_weights_loads_a_whole_network_and_names_a_mismatch(tmp_path):
         with_weights(UNet2d(1, 3, features=8), tmp_path / "model.pt")
     with pytest.raises(VolsslInputError, match="init_weights checkpoint not found"):
         with_weights(target, tmp_path / "missing.pt")
+
+
+def _two_view_trainer(separate: bool):
+    """A SupervisedTrainer running TwoViewContrastiveStep on a tiny BatchNorm network and the CORAL loss."""
+    from monai.engines import SupervisedTrainer
+    from volssl.engines import TwoViewContrastiveStep
+    from volssl.losses import CoralLoss
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+    g = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randn(4, 1, 8, 8, generator=g), "image_2": 3.0 + 2.0 * torch.randn(4, 1, 8, 8, generator=g),
+             "position": torch.tensor([0.25, 0.5, 0.75, 1.0])}
+    loss = CoralLoss(feature_dim=4, seed=0)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch], network=net,
+        optimizer=torch.optim.SGD(list(net.parameters()) + list(loss.parameters()), lr=0.0), loss_function=loss,
+        iteration_update=TwoViewContrastiveStep(separate_forwards=separate), decollate=False,
+    )
+    return trainer, net, batch, loss
+
+
+def test_two_view_step_separate_forwards_keep_batchnorm_statistics_per_view():
+    """As the public CORAL/PCL code: each view has its own forward, so BatchNorm normalises it with its own batch
+    statistics (the projections equal those of each view alone) and the running statistics are updated per view;
+    ``separate_forwards=False`` (one forward of both views) gives different projections, hence a different loss."""
+    losses = {}
+    for separate in (True, False):
+        trainer, net, batch, loss = _two_view_trainer(separate)
+        calls: list[int] = []
+        net.register_forward_hook(lambda m, args, out, calls=calls: calls.append(args[0].shape[0]))
+        trainer.run()
+        bn = net[1]
+        assert calls == ([4, 4] if separate else [8])
+        assert int(bn.num_batches_tracked) == (2 if separate else 1)
+        losses[separate] = float(trainer.state.output["loss"])
+        if separate:
+            net.train()
+            with torch.no_grad():  # lr 0: the weights did not move, so the views' projections can be recomputed
+                z = torch.cat([net(batch["image"]), net(batch["image_2"])])
+                expected = loss(z, torch.cat([batch["position"], batch["position"]]))
+            assert losses[True] == pytest.approx(expected.item(), rel=1e-6)
+    assert abs(losses[True] - losses[False]) > 1e-4

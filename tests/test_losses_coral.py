@@ -135,7 +135,8 @@ def test_ranked_logsumexp_with_ties(bound):
 @pytest.mark.parametrize("b,levels,seed", [(1, 4, 0), (3, 4, 1), (8, 4, 2), (16, 8, 3), (40, 8, 4), (64, 1000, 5)])
 def test_ral_matches_naive_value_and_grad(soft, b, levels, seed):
     z, p = two_view_batch(b, 16, levels, seed)
-    loss = RelationalRankLoss(temperature=0.1, kappa=1.0, soft_weight=soft)
+    # the naive reference compares float distances exactly: so does the loss here (k / 1000 is not dyadic)
+    loss = RelationalRankLoss(temperature=0.1, kappa=1.0, soft_weight=soft, tie_tolerance=0.0)
     ours, g_ours = grad_of(loss, z, p)
     ref, g_ref = grad_of(lambda zz, pp: naive_ral(zz, pp, 0.1, 1.0, soft), z, p)
     assert torch.isfinite(ours)
@@ -162,6 +163,47 @@ def test_ral_other_temperatures(tau):
     assert torch.isfinite(ours32) and abs(num(ours32) - num(ref)) < 1e-3 * max(1.0, abs(num(ref)))
 
 
+def _grid_batch(b: int, seed: int):
+    """B slices from volumes of 10, 12, 15 or 20 slices (slice i at p = (i + 1) / S), two views: the integer
+    numerators and slice counts, and the positions in float32 as the data pipeline hands them over."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.tensor([10, 12, 15, 20])[torch.randint(0, 4, (b,), generator=g)]
+    index = (torch.rand(b, generator=g) * sizes).long()
+    numer, denom = torch.cat([index + 1, index + 1]), torch.cat([sizes, sizes])
+    return numer, denom, (numer.double() / denom).float()
+
+
+def exact_tie_ral(z: torch.Tensor, numer: torch.Tensor, denom: torch.Tensor, tau: float = 0.1, kappa: float = 1.0):
+    """Naive RAL whose ties are exact: distances compared as integers over the common denominator of the positions
+    p = numer / denom (the weights use the float64 distances)."""
+    n = z.shape[0]
+    common = math.lcm(*set(denom.tolist()))
+    scaled = numer * (common // denom)
+    d_int = (scaled[:, None] - scaled[None, :]).abs()
+    zn = z / z.norm(dim=1, keepdim=True)
+    s = zn @ zn.T / tau
+    eye = torch.eye(n, dtype=torch.bool)
+    mask = (d_int[:, None, :] >= d_int[:, :, None]) & ~eye[:, None, :]
+    loss = -torch.log(torch.exp(s) / (torch.exp(s)[:, None, :] * mask).sum(dim=2))
+    return (torch.sigmoid(kappa * d_int.double() / common) * loss)[~eye].sum() / (n * (n - 1))
+
+
+def test_ral_default_keeps_the_formulas_ties_at_n256():
+    """The paper's ties by default: at N = 256 (128 slices of volumes with 10-20 slices, float32 positions) the default
+    loss and its gradient match the exact-tie reference to 1e-6; exact float comparisons (tie_tolerance 0, the
+    released code) split tie groups and miss it by far more."""
+    numer, denom, p32 = _grid_batch(128, seed=0)
+    z = torch.randn(256, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref, g_ref = grad_of(lambda zz: exact_tie_ral(zz, numer, denom), z)
+    ours, g_ours = grad_of(RelationalRankLoss(), z, p32)
+    assert RelationalRankLoss().tie_tolerance == CoralLoss(8).relational.tie_tolerance == 1e-6
+    assert abs(num(ours - ref)) < 1e-6 and (g_ours - g_ref).abs().max() < 1e-6
+    exact, g_exact = grad_of(RelationalRankLoss(tie_tolerance=0.0), z, p32)
+    assert abs(num(exact - ref)) > 1e-3 and (g_exact - g_ref).norm() > 0.01 * g_ref.norm()
+    # float32 embeddings (training): still the exact-tie value, to float32 rounding
+    assert abs(num(RelationalRankLoss()(z.float(), p32)) - num(ref)) < 1e-5
+
+
 def test_ral_tie_tolerance_removes_rounding_dependence():
     # Positions on a k/10 grid: gaps such as 0.3 - 0.1 and 0.5 - 0.3 are equal but round differently. With a small
     # tolerance, float32 and float64 positions give the loss of exactly tied gaps (distances from integer slice gaps).
@@ -186,7 +228,8 @@ def test_ral_tie_tolerance_removes_rounding_dependence():
     for dtype in (torch.float64, torch.float32):
         p = p_int.to(dtype) / 10
         assert abs(num(tolerant(z.to(dtype), p)) - num(ref)) < (1e-9 if dtype == torch.float64 else 1e-5)
-        assert abs(num(RelationalRankLoss()(z.to(dtype), p)) - num(naive_ral(z.to(dtype), p))) < 1e-5
+        exact = RelationalRankLoss(tie_tolerance=0.0)
+        assert abs(num(exact(z.to(dtype), p)) - num(naive_ral(z.to(dtype), p))) < 1e-5
     with pytest.raises(ValueError):
         RelationalRankLoss(tie_tolerance=-1.0)
 

@@ -13,6 +13,7 @@ from torch import nn
 from volssl.data import StrongView3d
 from volssl.data.strong_aug import batch_cutmix, inplane_rescale, rot_flip_inplane, sample_beta
 from volssl.engines import CRLNStep, ema_decay, ema_update_, make_teacher
+from volssl.engines.semi_supervised import sigmoid_rampup
 from volssl.losses import ConfidenceWeightedCELoss
 from volssl.networks import CRLNNet, VNet
 
@@ -139,24 +140,22 @@ def _loaders(seed: int = 0):
     return labelled, unlabelled
 
 
-def _run(mode: str) -> tuple[CRLNStep, nn.Module, list[dict]]:
+def _run(mode: str, epochs: int = 2, **step_kwargs) -> tuple[CRLNStep, nn.Module, list[dict]]:
     torch.manual_seed(0)
     backbone = VNet(1, 2, n_filters=4)
     net = CRLNNet(backbone, 2, num_prototypes=4) if mode == "crln" else backbone
     labelled, unlabelled = _loaders()
-    step = CRLNStep(
-        net,
-        unlabelled,
-        mode=mode,
-        rectify_after_epoch=1,  # the second iteration (epoch 2) uses rectified pseudo-labels and prototype keys
-        unsup_loss=ConfidenceWeightedCELoss(threshold=0.5),
-        cps_conf_threshold=0.5,
-        generator=torch.Generator().manual_seed(0),
-    )
+    kwargs = {
+        "rectify_after_iterations": 1,  # the second iteration uses rectified pseudo-labels and prototype keys
+        "unsup_loss": ConfidenceWeightedCELoss(threshold=0.5),
+        "cps_conf_threshold": 0.5,
+        "generator": torch.Generator().manual_seed(0),
+    }
+    step = CRLNStep(net, unlabelled, mode=mode, **{**kwargs, **step_kwargs})
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
-        max_epochs=2,
+        max_epochs=epochs,
         train_data_loader=labelled,
         network=net,
         optimizer=optimizer,
@@ -179,7 +178,7 @@ def test_crln_step_in_supervised_trainer(mode: str) -> None:
     step, net, outputs = _run(mode)
     assert len(outputs) == 2
     for out in outputs:
-        assert set(out) == {"pred", "label", "loss", "sup", "unsup", "cps", "a"}
+        assert set(out) == {"pred", "label", "loss", "sup", "unsup", "cps", "a", "unsup_weight"}
         assert out["pred"].dim() == 5 and not out["pred"].requires_grad
         assert out["label"].shape == (out["pred"].shape[0], 1, *out["pred"].shape[2:])
         for key, value in out.items():
@@ -188,9 +187,9 @@ def test_crln_step_in_supervised_trainer(mode: str) -> None:
     last = outputs[-1]
     assert last["sup"] > 0
     if mode == "supervised":
-        assert last["unsup"] == 0 and last["cps"] == 0
+        assert last["unsup"] == 0 and last["cps"] == 0 and last["unsup_weight"] == 0
     else:
-        assert last["unsup"] > 0
+        assert last["unsup"] > 0 and last["unsup_weight"] == 0.5  # no ramp-up by default (CRLN's code)
     if mode == "crln":
         assert last["cps"] > 0 and last["a"] != 0  # the rectifier scalar moved
         assert last["loss"].item() == pytest.approx((last["sup"] + 0.5 * last["unsup"] + 0.5 * last["cps"]).item())
@@ -218,3 +217,55 @@ def test_crln_step_validation_and_combined_batches() -> None:
     assert step._unlabeled({"image": u[:1], "image_u": u}) is not None
     with pytest.raises(ValueError, match="unlabeled_loader"):
         step._unlabeled({"image": u})
+
+
+# --- schedules in iterations, separate forwards ------------------------------------------------------------------
+
+
+def test_sigmoid_rampup_is_uamts() -> None:
+    """exp(-5 (1 - t / L)^2), clipped to [0, L]; UA-MT ramps its consistency weight this way over its whole run."""
+    assert sigmoid_rampup(0, 100) == pytest.approx(math.exp(-5.0))
+    assert sigmoid_rampup(50, 100) == pytest.approx(math.exp(-1.25))
+    assert sigmoid_rampup(100, 100) == 1.0 and sigmoid_rampup(250, 100) == 1.0
+    assert sigmoid_rampup(-3, 100) == pytest.approx(math.exp(-5.0))
+    assert sigmoid_rampup(7, 0) == 1.0
+
+
+def test_mean_teacher_unsup_weight_ramps_up() -> None:
+    _, _, outputs = _run("mean_teacher", epochs=3, unsup_rampup_iterations=4)
+    for t, out in enumerate(outputs, start=1):
+        w = 0.5 * math.exp(-5.0 * (1 - t / 4) ** 2)
+        assert out["unsup_weight"].item() == pytest.approx(w)
+        assert out["loss"].item() == pytest.approx((out["sup"] + w * out["unsup"]).item(), rel=1e-6)
+
+
+def _record_calls(module: nn.Module, calls: list) -> None:
+    module.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+
+
+@pytest.mark.parametrize("separate", [True, False])
+def test_crln_forwards_and_rectification_schedule(separate: bool) -> None:
+    """Separate forwards (the official code): per iteration the student's backbone sees the labelled batch (1) and the
+    strong view (2) one after the other, so BatchNorm normalises each with its own statistics, and only the labelled
+    batch goes through the DIM; ``separate_forwards=False`` puts all three through one forward. The teacher uses the
+    rectified logits (and runs its DIM) only after ``rectify_after_iterations``."""
+    torch.manual_seed(0)
+    net = CRLNNet(VNet(1, 2, n_filters=4), 2, num_prototypes=4)
+    labelled, unlabelled = _loaders()
+    step = CRLNStep(net, unlabelled, rectify_after_iterations=2, separate_forwards=separate,
+                    unsup_loss=ConfidenceWeightedCELoss(threshold=0.5), cps_conf_threshold=0.5,
+                    generator=torch.Generator().manual_seed(0))
+    backbone_calls, dim_calls, teacher_dim_calls = [], [], []
+    _record_calls(net.backbone.block_one, backbone_calls)  # forward_features does not fire forward hooks
+    _record_calls(net.dim.stages[0], dim_calls)
+    _record_calls(step.teacher.dim.stages[0], teacher_dim_calls)
+    bn = net.backbone.block_one[0][1]
+    assert isinstance(bn, nn.BatchNorm3d)
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=3, train_data_loader=labelled, network=net,
+                                optimizer=torch.optim.SGD(net.parameters(), lr=0.01), loss_function=None,
+                                iteration_update=step, decollate=False)
+    trainer.run()
+    assert int(bn.num_batches_tracked) == (6 if separate else 3)
+    assert backbone_calls == ([1, 2] * 3 if separate else [3] * 3)
+    assert dim_calls == ([1] * 3 if separate else [3] * 3)
+    assert teacher_dim_calls == [2]  # iteration 3 only: 3 > rectify_after_iterations = 2

@@ -13,6 +13,7 @@ from monai.utils import set_determinism
 
 from volssl.data.augment import (
     IsotropicRandAffineGrid,
+    elastic_parameters,
     finetune_train_transform,
     finetune_val_transform,
     pretrain_slice_transform,
@@ -295,6 +296,49 @@ def test_pretrain_view_spatial_parameters():
         scales.append(grid.scale_params[0])
     assert 0.0 <= min(angles) and max(angles) <= 2 * np.pi and max(angles) > np.pi
     assert 0.7 <= min(scales) and max(scales) <= 1.3
+
+
+def test_elastic_parameters_scale_with_the_patch():
+    """The public code's elastic values are pixels of 352 x 352 patches: by default they scale with sqrt(h w) / 352
+    (the spacing rounded to whole pixels, the offsets by the same factor); given values stay in pixels."""
+    assert elastic_parameters((352, 352)) == ((30.0, 30.0), (1.0, 3.5))
+    (sy, sx), (m0, m1) = elastic_parameters((64, 64))  # 30 * 64 / 352 = 5.45 -> 5 px
+    assert sy == sx == 5.0 and (m0, m1) == pytest.approx((5 / 30, 3.5 * 5 / 30))
+    assert elastic_parameters((48, 64))[0] == (5.0, 5.0)  # 30 * sqrt(48 * 64) / 352 = 4.7
+    assert elastic_parameters((8, 8))[0] == (1.0, 1.0)
+    assert elastic_parameters((64, 64), 8, (1, 2)) == ((8.0, 8.0), (1.0, 2.0))
+    for bad in ({"elastic_spacing": 0}, {"elastic_magnitude": (2, 1)}):
+        with pytest.raises(ValueError):
+            elastic_parameters((64, 64), **bad)
+    for make in (pretrain_view_transform, finetune_train_transform):
+        grid = make(patch_size=(64, 64), prob_spatial=1.0).transforms[-1 if make is pretrain_view_transform else -2]
+        deform = grid.rand_2d_elastic.deform_grid
+        assert tuple(deform.spacing) == (5.0, 5.0)
+        assert tuple(deform.magnitude) == pytest.approx((5 / 30, 3.5 * 5 / 30))
+
+
+def _rms_elastic_displacement(size: int, draws: int = 6) -> float:
+    """RMS displacement (pixels) of the default elastic field alone (no rotation or scale), inside the patch."""
+    t = pretrain_view_transform(patch_size=size, prob_spatial=1.0, rotate_range=(0.0, 0.0), scale_range=(1.0, 1.0),
+                                prob_flip=0.0, mode="bilinear", padding_mode="border")
+    t.set_random_state(0)
+    rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                                indexing="ij")
+    coords = torch.stack([rows, cols])  # each pixel holds its own coordinates
+    inner = slice(size // 8, size - size // 8)  # away from the border, where "border" padding clips the field
+    squares = []
+    for _ in range(draws):
+        moved = t({"image": coords})["image"]
+        squares.append(((moved - coords)[:, inner, inner] ** 2).sum(0).mean())
+    return float(torch.stack(squares).mean().sqrt())
+
+
+def test_elastic_displacement_is_the_same_fraction_of_the_patch():
+    """Measured on the transform itself: the default field moves pixels by about 1 % of the patch side at 352 (about
+    3 px, the public code's ACDC setting) and at 64 (about 0.6 px, not the 3 px of unscaled values)."""
+    big, small = _rms_elastic_displacement(352) / 352, _rms_elastic_displacement(64) / 64
+    assert 0.004 < big < 0.02
+    assert small == pytest.approx(big, rel=0.35)
 
 
 def test_finetune_transform_keeps_label_aligned():

@@ -111,8 +111,12 @@ def test_train_config_options(tmp_path, bundle):
     assert type(batch["image"]) is torch.Tensor  # plain tensors: no metadata tracked in the training augmentation
     state = parser.get_parsed_content("train#resume_state")
     assert isinstance(state["early_stop"], EarlyStopOnPlateau) and state["early_stop"].patience == 3
-    # the object saved with the checkpoints is the one the trainer runs (a handler of the list, not a copy)
-    assert state["early_stop"] is parser.get_parsed_content("train#handlers")[1]
+    # the object saved with the checkpoints is the one the trainer runs, after the validation (not a copy)
+    trainer = parser.get_parsed_content("train#trainer")
+    handlers = [h for h, *_ in trainer._event_handlers[Events.EPOCH_COMPLETED]]
+    assert state["early_stop"] in handlers
+    validation = [i for i, h in enumerate(handlers) if type(getattr(h, "__self__", h)).__name__ == "ValidationHandler"]
+    assert validation and max(validation) < handlers.index(state["early_stop"])
     default = ConfigParser()
     default.read_config([str(configs / "train.json")])
     assert default["freeze_encoder"] is False and default["early_stop_patience"] is None
@@ -126,8 +130,9 @@ def test_crln_config_has_early_stopping():
     parser.read_config(str(BUNDLES / "crln_mri_segmentation" / "configs" / "train.json"))
     assert parser["early_stop_patience"] is None
     assert parser["train#resume_state#early_stop"] == "@train#early_stop"
-    assert parser["train#early_stop"] == "@train#handlers#1"
-    assert parser["train#handlers#1#_target_"] == "volssl.engines.EarlyStopOnPlateau"
+    assert parser["train#early_stop#_target_"] == "volssl.engines.EarlyStopOnPlateau"
+    assert parser["train#trainer#train_handlers"] == "$@train#handlers + [@train#early_stop]"
+    assert all(isinstance(h, dict) for h in parser["train#handlers"])  # MONAI reads each handler as a dict
 
 
 def test_learning_curve_png_is_throttled_and_drawn_at_the_end(tmp_path, monkeypatch):

@@ -7,8 +7,8 @@ same labelled volumes, unlabelled pool, budget and seeds, then report test metri
 Every step is a ``python -m monai.bundle run`` of the bundle configs (the commands a user types), each in its own
 bundle root ``<output_dir>/<mode>/seed<k>``: ``train.json`` (+ ``overlay``) with ``--mode <mode> --seed <k>``, then
 ``inference.json`` + ``evaluate.json`` on the test role with the same mode, for the model selected on validation
-(``models/model.pt`` -> ``eval/``) and for the last model (``models/model_last.pt``, the network of the last training
-checkpoint -> ``eval_last/``). Nothing is selected on the test set; it is only scored. The modes differ only in what the unlabelled pool contributes (none;
+(``models/model.pt`` -> ``eval/``) and for the last model (``models/model_last.pt``, the shipped network (the EMA
+teacher unless ``model_to_ship`` is overridden) of the last training checkpoint -> ``eval_last/``). Nothing is selected on the test set; it is only scored. The modes differ only in what the unlabelled pool contributes (none;
 mean-teacher consistency; rectified pseudo-labels + CPS): same network backbone, optimiser, schedule, iterations,
 labelled batch and augmentation.
 
@@ -94,24 +94,31 @@ def run(
             if (root / LAST_DIR / "metrics_summary.json").is_file():
                 continue
             print(f"[{mode} seed {seed}] test inference + evaluation of the last model")
-            last = export_last_model(root)
+            last = export_last_model(root, overrides.get("model_to_ship", "teacher"))
             bundle_run(evaluate, root, dataset_dir, {**common, "checkpoint": str(last),
                                                      "output_dir": str(root / LAST_DIR / "predictions"),
                                                      "metrics_dir": str(root / LAST_DIR)}, root / "evaluate_last.log")
     summarize_modes(output_dir)
 
 
-def export_last_model(run_root: Path) -> Path:
-    """``<run_root>/models/model_last.pt``: the network of the newest training checkpoint as a plain state dict."""
+def export_last_model(run_root: Path, which: str = "teacher") -> Path:
+    """``<run_root>/models/model_last.pt``: the EMA teacher (``which="teacher"``, what the bundle ships) or the student
+    (``"student"``) of the newest training checkpoint, as a plain state dict."""
     import torch
 
     from volssl.engines.handlers import latest_checkpoint
     from volssl.networks.checkpoint import extract_state_dict
 
+    if which not in ("teacher", "student"):
+        raise SystemExit(f"model_to_ship must be 'teacher' or 'student', got {which!r}")
     ckpt = latest_checkpoint(run_root / "models" / "train_checkpoints")
     if ckpt is None:
         raise SystemExit(f"no training checkpoint under {run_root / 'models' / 'train_checkpoints'}")
-    state = extract_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True), ckpt, key="network")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if which == "teacher":
+        state = extract_state_dict(saved.get("step", {}), ckpt, key="teacher")
+    else:
+        state = extract_state_dict(saved, ckpt, key="network")
     path = run_root / "models" / "model_last.pt"
     torch.save(state, path)
     return path

@@ -31,6 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # foreground-mean metrics reported for every run: (column, key in metrics_summary.json's "mean_foreground")
 MEAN_FG_METRICS = (("dice_mean_fg", "dice"), ("jaccard_mean_fg", "jaccard"), ("hd95_mm_mean_fg", "hd95_mm"),
                    ("asd_mm_mean_fg", "asd_mm"), ("hd95_vox_mean_fg", "hd95_vox"), ("asd_vox_mean_fg", "asd_vox"))
+# the pooled-over-slices 2D Dice of the slice-method papers (positional_cl's protocol), averaged over foreground classes
+POOLED_COLUMN = "pooled_dice_2d_mean_fg"
 
 
 def parse_literal(value, default):
@@ -91,9 +93,10 @@ def summarize(
     """Collect ``<arm>/seed<k>/<eval_dir>/metrics_summary.json`` into ``<name>.csv``, ``<name>.md`` and ``<name>.png``.
 
     Columns: foreground-mean Dice, Jaccard, HD95 and ASD (in mm from the NIfTI spacing, and in voxels as the
-    semi-supervised papers report them), per-class Dice when there is
-    more than one foreground class, ``best_val_dice`` (validation Dice of the selected checkpoint, from ``train.log``)
-    and ``train_s`` (training wall-clock seconds, when recorded).
+    semi-supervised papers report them), the pooled-over-slices 2D Dice (foreground mean; empty for summaries written
+    before it was recorded), per-class Dice when there is more than one foreground class, ``best_val_dice``
+    (validation Dice of the selected checkpoint, from ``train.log``) and ``train_s`` (training wall-clock seconds,
+    when recorded).
     """
     out = Path(output_dir)
     rows = []
@@ -104,6 +107,8 @@ def summarize(
         row = {"arm": arm, "seed": seed, "n_test": summary["n_cases"]}
         for column, key in MEAN_FG_METRICS:
             row[column] = summary["mean_foreground"][key]["mean"]
+        pooled = summary["mean_foreground"].get("pooled_slice_dice")  # one number per run (absent in old summaries)
+        row[POOLED_COLUMN] = pooled["mean"] if isinstance(pooled, dict) else pooled
         if len(summary["classes"]) > 1:
             for stats in summary["classes"].values():
                 row[f"dice_{stats['name']}"] = stats["dice"]["mean"]
@@ -129,15 +134,21 @@ def summarize(
         cells = []
         for m in metrics:
             values = [r[m] for r in sub if r.get(m) is not None]
-            mean = statistics.fmean(values) if values else float("nan")
+            if not values:
+                table[(arm, m)] = (float("nan"), 0.0)
+                cells.append("-")
+                continue
+            mean = statistics.fmean(values)
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             table[(arm, m)] = (mean, std)
             cells.append(f"{mean:.0f} +- {std:.0f}" if m == "train_s" else f"{mean:.4f} +- {std:.4f}")
         lines.append(f"| {arm} | {','.join(str(r['seed']) for r in sub)} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     (out / f"{name}.md").write_text(
-        text + "\n\nPer-volume 3D metrics on the test role (Dice, Jaccard; HD95 and ASD in mm from the image spacing), "
-        "averaged over the test volumes and the foreground classes, then mean +- sample std over seeds; "
+        text + "\n\nPer-volume 3D metrics on the test role (Dice, Jaccard; HD95 and ASD in mm from the image spacing, "
+        "and in voxels), averaged over the test volumes and the foreground classes, then mean +- sample std over seeds; "
+        "pooled_dice_2d_mean_fg: Dice pooled over all 2D slices of the test role (the slice-method papers' protocol), "
+        "averaged over the foreground classes ('-': not recorded by that run); "
         "best_val_dice: the validation Dice of the selected checkpoint; train_s: training wall-clock seconds.\n")
     print(text)
     _plot(table, arms, out / f"{name}.png")

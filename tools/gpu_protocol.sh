@@ -73,7 +73,7 @@ ACDC_ARGS=(run --datalist "$ACDC_LIST" --output_dir "$OUT/acdc" --family slice -
 LA_ARGS=(run --datalist "$LA_LIST" --output_dir "$OUT/la" --family semi --arms '["supervised", "crln"]'
     --label_counts "[8]" --n_sets 1 --seeds "[0]" --overlay None --patience "$PATIENCE"
     --overrides "{\"patch_size\": [112, 112, 80], \"num_workers\": $WORKERS, \"sw_batch_size\": 4, \"val_overlap\": 0.25}"
-    --train_overrides "{\"epochs\": $LA_EPOCHS, \"iterations_per_epoch\": $ITERATIONS, \"rectify_after_epoch\": 2}")
+    --train_overrides "{\"epochs\": $LA_EPOCHS, \"iterations_per_epoch\": $ITERATIONS}")
 
 prepare() {
     if [[ ! -f "$ACDC_LIST" ]]; then

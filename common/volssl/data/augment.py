@@ -12,9 +12,12 @@ They mirror the augmentation of PCL/CORAL (batchgenerators in the released code)
 
 Elastic parameters: batchgenerators draws a displacement field of uniform noise smoothed by a Gaussian (sigma 14..17
 px) times alpha (100..350); MONAI's ``Rand2DElastic`` uses normal offsets on a control grid interpolated bicubically.
-The defaults here (control points every 30 px, offsets 1..3.5 px) give the same RMS displacement (about 3 px,
-measured) at a similar correlation length. Both are in pixels: for patches much smaller than ACDC's 352, scale
-``elastic_spacing`` down with the patch.
+For ACDC's 352 x 352 patches, control points every 30 px with offsets of 1..3.5 px give the same RMS displacement
+(about 3 px, measured) at a similar correlation length. Both are in pixels, so by default they are scaled with the
+patch (:func:`elastic_parameters`: the spacing times ``sqrt(h w) / 352`` rounded to whole pixels, the offsets times
+the same factor as the rounded spacing): a 64 x 64 patch gets control points every 5 px and offsets of 0.17..0.58 px,
+the same deformation relative to the patch. Explicit ``elastic_spacing`` / ``elastic_magnitude`` values are used as
+given, in pixels.
 
 Deviations from the released code: MONAI draws the scale factor uniformly in ``scale_range`` (batchgenerators draws
 below or above 1 with probability 1/2 each) and interpolates the image bicubically with ``grid_sample`` (cubic
@@ -48,12 +51,55 @@ from .datalist import IMAGE_KEY, LABEL_KEY
 from .slices import TwoViewsd
 
 __all__ = [
+    "ELASTIC_REFERENCE_PATCH",
     "IsotropicRandAffineGrid",
+    "elastic_parameters",
     "pretrain_view_transform",
     "pretrain_slice_transform",
     "finetune_train_transform",
     "finetune_val_transform",
 ]
+
+
+ELASTIC_REFERENCE_PATCH = 352
+"""Patch side (ACDC, pixels) for which the default elastic spacing (30 px) and magnitude (1..3.5 px) are given."""
+_REFERENCE_SPACING = 30.0
+_REFERENCE_MAGNITUDE = (1.0, 3.5)
+
+
+def elastic_parameters(
+    patch_size, elastic_spacing: Sequence[float] | float | None = None, elastic_magnitude: Sequence[float] | None = None
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The control-point spacing (per axis) and the offset range of the elastic deformation, in pixels.
+
+    ``None`` (the default) takes the values of the 352 x 352 reference patch (spacing 30 px, offsets 1..3.5 px) scaled
+    for a patch of ``h x w``, so the deformation is the same fraction of the patch whatever its size (as the public
+    code's ACDC setting, whose values are in pixels of 352-pixel patches): the spacing becomes
+    ``round(30 sqrt(h w) / 352)`` pixels (at least 1) and the offsets are multiplied by ``spacing / 30``. The spacing
+    is kept whole because MONAI up-samples the control grid by a factor it rounds to whole output sizes: a fractional
+    spacing (5.45 px for 64 x 64) adds a zoom of about 1 % to the field, which at that size is half of its RMS
+    displacement (measured). Given values are used as they are.
+
+    Raises:
+        ValueError: a non-positive spacing, or offsets that are not ``0 <= min <= max``.
+    """
+    h, w = _pair(patch_size, "patch_size")
+    whole = float(max(1, round(_REFERENCE_SPACING * (h * w) ** 0.5 / ELASTIC_REFERENCE_PATCH)))
+    scale = whole / _REFERENCE_SPACING
+    if elastic_spacing is None:
+        spacing = (whole, whole)
+    else:
+        sp = tuple(float(v) for v in ensure_tuple(elastic_spacing))
+        spacing = sp * 2 if len(sp) == 1 else sp
+    if len(spacing) != 2 or min(spacing) <= 0:
+        raise ValueError(f"elastic_spacing must be one or two positive numbers, got {elastic_spacing}")
+    if elastic_magnitude is None:
+        magnitude = (_REFERENCE_MAGNITUDE[0] * scale, _REFERENCE_MAGNITUDE[1] * scale)
+    else:
+        magnitude = tuple(float(m) for m in elastic_magnitude)
+    if len(magnitude) != 2 or not 0 <= magnitude[0] <= magnitude[1]:
+        raise ValueError(f"elastic_magnitude must be (min, max) offsets with 0 <= min <= max, got {elastic_magnitude}")
+    return spacing, magnitude  # type: ignore[return-value]
 
 
 class IsotropicRandAffineGrid(RandAffineGrid):
@@ -131,12 +177,8 @@ def _spatial_augmentation(
             padding_mode=padding_mode,
         )
         if elastic:
-            spatial = Rand2DElasticd(
-                keys,
-                spacing=_pair(elastic_spacing, "elastic_spacing"),
-                magnitude_range=tuple(float(m) for m in elastic_magnitude),
-                **common,
-            )
+            spacing, magnitude = elastic_parameters(patch, elastic_spacing, elastic_magnitude)
+            spatial = Rand2DElasticd(keys, spacing=spacing, magnitude_range=magnitude, **common)
             holder = spatial.rand_2d_elastic
         else:
             spatial = RandAffined(keys, **common)
@@ -157,8 +199,8 @@ def pretrain_view_transform(
     rotate_range: float | Sequence[float] = (0.0, 2 * pi),
     scale_range: float | Sequence[float] = (0.7, 1.3),
     elastic: bool = True,
-    elastic_spacing: Sequence[int] | int = (30, 30),
-    elastic_magnitude: Sequence[float] = (1.0, 3.5),
+    elastic_spacing: Sequence[float] | float | None = None,
+    elastic_magnitude: Sequence[float] | None = None,
     isotropic_scale: bool = True,
     prob_flip: float = 0.5,
     mode: str = "bicubic",
@@ -178,9 +220,10 @@ def pretrain_view_transform(
             number s meaning ``(1 - s, 1 + s)``.
         elastic: elastic deformation together with the rotation and scale (``Rand2DElasticd``); ``False``: rotation
             and scale only (``RandAffined``).
-        elastic_spacing: distance in pixels between the control points of the elastic field.
+        elastic_spacing: distance in pixels between the control points of the elastic field; ``None``: 30 px scaled
+            with the patch (:func:`elastic_parameters`).
         elastic_magnitude: range of the control points' offsets in pixels (normal draws times a magnitude drawn
-            uniformly from this range).
+            uniformly from this range); ``None``: 1..3.5 px scaled with the patch.
         isotropic_scale: one scale factor for both axes (as in batchgenerators), else one per axis.
         prob_flip: probability of flipping each in-plane axis.
         mode: image interpolation (``"bicubic"``, ``"bilinear"``, ``"nearest"``).
@@ -234,8 +277,8 @@ def finetune_train_transform(
     rotate_range: float | Sequence[float] = (0.0, 2 * pi),
     scale_range: float | Sequence[float] = (0.7, 1.3),
     elastic: bool = True,
-    elastic_spacing: Sequence[int] | int = (30, 30),
-    elastic_magnitude: Sequence[float] = (1.0, 3.5),
+    elastic_spacing: Sequence[float] | float | None = None,
+    elastic_magnitude: Sequence[float] | None = None,
     isotropic_scale: bool = True,
     prob_flip: float = 0.5,
     mode: str | Sequence[str] | None = None,

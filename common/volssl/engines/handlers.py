@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -143,15 +143,19 @@ class BestModelSaver:
         network: the network to save (a ``DistributedDataParallel`` wrapper is unwrapped).
         metric_name: the key in ``evaluator.state.metrics`` to track.
         mode: ``"max"`` (Dice) or ``"min"`` (a distance).
+        network_name: how the log names the saved network (e.g. ``"teacher"``); ``None``: not named.
     """
 
-    def __init__(self, save_path, network: torch.nn.Module, metric_name: str, mode: str = "max") -> None:
+    def __init__(
+        self, save_path, network: torch.nn.Module, metric_name: str, mode: str = "max", network_name: str | None = None
+    ) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.save_path = Path(save_path)
         self.network = network
         self.metric_name = metric_name
         self.mode = mode
+        self.network_name = network_name
         self.best_metric = -float("inf") if mode == "max" else float("inf")
         self.best_epoch = -1
         self.logger = logging.getLogger("volssl.best_model")
@@ -176,7 +180,8 @@ class BestModelSaver:
         tmp = self.save_path.with_name(f".tmp_{self.save_path.name}")
         torch.save(net.state_dict(), tmp)
         os.replace(tmp, self.save_path)
-        self.logger.info(f"epoch {self.best_epoch}: best {self.metric_name} {value:.4f}, saved {self.save_path}")
+        which = f"{self.network_name}, " if self.network_name else ""
+        self.logger.info(f"epoch {self.best_epoch}: {which}best {self.metric_name} {value:.4f}, saved {self.save_path}")
 
     def state_dict(self) -> dict:
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}
@@ -190,24 +195,34 @@ class LearningCurveWriter:
     """Record per-epoch scalars and write ``<name>.csv`` and ``<name>.png`` (learning curves) in ``output_dir``.
 
     Records the mean of the trainer's scalar outputs over each epoch (``loss`` and any loss terms) and, if an
-    ``evaluator`` is given, its metrics after each validation. The CSV is rewritten after every epoch, so an
-    interrupted run keeps its curve; a resumed run appends to the existing CSV. The PNG is redrawn at most every
-    ``png_interval_s`` seconds and at the end of the run (drawing it costs about as much as a few training
-    iterations of the CPU-sized configs, so redrawing it after every short epoch slowed training measurably).
+    ``evaluator`` is given (or a list of them, e.g. one per network scored), its metrics after each validation. The
+    CSV is rewritten after every epoch, so an interrupted run keeps its curve; a resumed run appends to the existing
+    CSV. The PNG is redrawn at most every ``png_interval_s`` seconds and at the end of the run (drawing it costs about
+    as much as a few training iterations of the CPU-sized configs, so redrawing it after every short epoch slowed
+    training measurably).
 
     Args:
         output_dir: where ``<name>.csv`` and ``<name>.png`` go.
         name: the file name stem.
-        evaluator: the validation evaluator whose metrics are recorded (``None``: training scalars only).
+        evaluator: the validation evaluator(s) whose metrics are recorded (``None``: training scalars only).
         png_interval_s: the least time between two redraws of the PNG (0: after every epoch).
     """
 
     def __init__(
-        self, output_dir, name: str = "learning_curve", evaluator: Engine | None = None, png_interval_s: float = 30.0
+        self,
+        output_dir,
+        name: str = "learning_curve",
+        evaluator: Engine | Sequence[Engine] | None = None,
+        png_interval_s: float = 30.0,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.name = name
-        self.evaluator = evaluator
+        if evaluator is None:
+            self.evaluators: list[Engine] = []
+        elif isinstance(evaluator, Engine):
+            self.evaluators = [evaluator]
+        else:
+            self.evaluators = list(evaluator)
         self.png_interval_s = float(png_interval_s)
         self.rows: list[dict] = []
         self._sums: dict[str, float] = {}
@@ -238,10 +253,11 @@ class LearningCurveWriter:
     def _epoch_done(self, engine: Engine) -> None:
         row = {"epoch": float(engine.state.epoch)}
         row.update({f"train_{k}": v / max(self._count, 1) for k, v in self._sums.items()})
-        # only the metrics of a validation run at this epoch (not stale ones from an earlier validation)
-        ran_now = self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch
-        if ran_now and self.evaluator.state.metrics:
-            metrics = {k: v for k, v in self.evaluator.state.metrics.items() if _is_number(v)}
+        for evaluator in self.evaluators:
+            # only the metrics of a validation run at this epoch (not stale ones from an earlier validation)
+            if evaluator.state.epoch != engine.state.epoch or not evaluator.state.metrics:
+                continue
+            metrics = {k: v for k, v in evaluator.state.metrics.items() if _is_number(v)}
             row.update({(k if k.startswith("val_") else f"val_{k}"): float(v) for k, v in metrics.items()})
         self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
         self._sums, self._count = {}, 0

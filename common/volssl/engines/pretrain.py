@@ -13,9 +13,12 @@ class TwoViewContrastiveStep:
     """One optimisation step of position-aware contrastive pretraining (CORAL, PCL).
 
     The batch holds two independently augmented views of B slices (``image``, ``image_2``: (B, C, H, W)) and the
-    slices' normalised positions (``position``: (B,)). Both views go through the network in one pass, giving
-    N = 2B projections z: (N, D); the positions are repeated for the second view, and
-    ``engine.loss_function(z, positions)`` gives the loss. A loss module that exposes a ``last_terms`` dict of
+    slices' normalised positions (``position``: (B,)). Each view goes through the network in its own forward pass
+    (as the public CORAL/PCL code: BatchNorm normalises each view with its own batch statistics, and its running
+    statistics are updated once per view), and the projections are concatenated view-major into z: (N, D), N = 2B;
+    the positions are repeated for the second view, and ``engine.loss_function(z, positions)`` gives the loss.
+    ``separate_forwards=False`` puts all the views through one forward instead (BatchNorm statistics shared by the
+    views). A loss module that exposes a ``last_terms`` dict of
     scalar tensors (e.g. the RAL and OAL parts) has them returned too, so that Stats/TensorBoard handlers can log
     them with ``output_transform=lambda out: out``-style transforms.
 
@@ -24,19 +27,25 @@ class TwoViewContrastiveStep:
     Args:
         view_keys: the batch keys of the views, concatenated along the batch axis in this order.
         position_key: the batch key of the positions.
+        separate_forwards: one forward per view (the public code) rather than one for all views.
 
     Returns (from ``__call__``):
         dict with ``loss`` (detached scalar) and every entry of the loss's ``last_terms`` (detached floats).
     """
 
-    def __init__(self, view_keys: Sequence[str] = ("image", "image_2"), position_key: str = "position") -> None:
+    def __init__(
+        self,
+        view_keys: Sequence[str] = ("image", "image_2"),
+        position_key: str = "position",
+        separate_forwards: bool = True,
+    ) -> None:
         self.view_keys = tuple(view_keys)
         self.position_key = position_key
+        self.separate_forwards = bool(separate_forwards)
 
     def __call__(self, engine, batchdata: dict) -> dict:
         device = engine.state.device
-        views = torch.cat([torch.as_tensor(batchdata[k]) for k in self.view_keys], dim=0)
-        views = views.to(device=device, non_blocking=engine.non_blocking)
+        views = [torch.as_tensor(batchdata[k]).to(device=device, non_blocking=engine.non_blocking) for k in self.view_keys]
         positions = torch.as_tensor(batchdata[self.position_key], dtype=torch.float32).reshape(-1)
         positions = positions.repeat(len(self.view_keys)).to(device=device, non_blocking=engine.non_blocking)
 
@@ -44,7 +53,10 @@ class TwoViewContrastiveStep:
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         use_amp = bool(engine.amp) and device.type == "cuda"
         with torch.autocast(device.type, enabled=use_amp, **(engine.amp_kwargs or {})):
-            z = engine.network(views)
+            if self.separate_forwards:
+                z = torch.cat([engine.network(v) for v in views], dim=0)
+            else:
+                z = engine.network(torch.cat(views, dim=0))
         # the losses normalise and exponentiate: keep them in float32 under AMP
         loss = engine.loss_function(z.float(), positions)
         if use_amp and engine.scaler is not None:

@@ -5,11 +5,16 @@ EMA (mean teacher, as UA-MT) at global step ``t`` (Ignite's ``engine.state.itera
 
     d_t = min(1 - 1 / (t + 1), max_decay)          (max_decay = 0.99)
     theta_T <- d_t * theta_T + (1 - d_t) * theta_S  (parameters);  buffers (BN statistics) copied from the student
+
+Every schedule of the step counts Ignite iterations (``engine.state.iteration``, 1-based), so it does not depend on
+how the run is cut into epochs; the bundle config derives the counts from fractions of the run (see its model card).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -18,7 +23,7 @@ from torch import nn
 from volssl.data.strong_aug import StrongView3d
 from volssl.losses.crln import ConfidenceWeightedCELoss, CPSLoss, CRLNSupervisedLoss, as_label_map
 
-__all__ = ["CRLN_MODES", "ema_decay", "ema_update_", "make_teacher", "CRLNStep"]
+__all__ = ["CRLN_MODES", "CRLNStep", "StudentForward", "ema_decay", "ema_update_", "make_teacher", "sigmoid_rampup"]
 
 CRLN_MODES = ("crln", "mean_teacher", "supervised")
 """Modes of :class:`CRLNStep`."""
@@ -52,12 +57,61 @@ def ema_update_(teacher: nn.Module, student: nn.Module, step: int, max_decay: fl
     return d
 
 
+def sigmoid_rampup(step: int, length: int) -> float:
+    """The mean-teacher ramp-up of Laine and Aila (arXiv 1610.02242), as UA-MT applies it to its consistency weight:
+    ``exp(-5 (1 - min(step, length) / length)^2)``, rising from exp(-5) = 0.0067 at step 0 to 1 at ``length``;
+    1 throughout when ``length <= 0`` (no ramp-up)."""
+    if length <= 0:
+        return 1.0
+    phase = 1.0 - min(max(float(step), 0.0), float(length)) / float(length)
+    return math.exp(-5.0 * phase * phase)
+
+
 def make_teacher(student: nn.Module) -> nn.Module:
     """A deep copy of ``student`` in eval mode with ``requires_grad=False`` everywhere (the EMA teacher)."""
     teacher = copy.deepcopy(student)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
+
+
+class StudentForward(nn.Module):
+    """The student's training forwards of one step as one module call, so that ``DistributedDataParallel`` can wrap
+    it (DDP needs exactly one forward per backward, through the wrapper): the labelled batch (``forward_train`` with
+    the DIM in ``"crln"`` mode) and the strong view (logits and embeddings, no DIM), each in its own forward (own
+    BatchNorm statistics, as the official code) or, with ``separate_forwards=False``, in one.
+
+    ``forward(x_l, x_s)`` returns ``(out_l, out_s)``, dicts with ``logits`` (and ``rect_map``, ``embedding``... from
+    ``forward_train``); ``x_s=None`` (supervised mode) gives ``out_s=None``.
+    """
+
+    def __init__(self, student: nn.Module, crln: bool, separate_forwards: bool = True) -> None:
+        super().__init__()
+        self.student = student
+        self.crln = crln
+        self.separate_forwards = separate_forwards
+
+    def forward(self, x_l: torch.Tensor, x_s: torch.Tensor | None = None):
+        student = self.student
+        if x_s is None:
+            return (student.forward_train(x_l) if self.crln else {"logits": student(x_l)}), None
+        if not self.crln:
+            if self.separate_forwards:
+                return {"logits": student(x_l)}, {"logits": student(x_s)}
+            y_l, y_s = student(torch.cat([x_l, x_s], dim=0)).split([x_l.shape[0], x_s.shape[0]])
+            return {"logits": y_l}, {"logits": y_s}
+        if self.separate_forwards:
+            return student.forward_train(x_l), student.forward_train(x_s, rectifier=False)
+        out = student.forward_train(torch.cat([x_l, x_s], dim=0))
+        n_l = x_l.shape[0]
+        out_l = {k: v[:n_l] for k, v in out.items()}
+        out_s = {"logits": out["logits"][n_l:], "embedding": out["embedding"][n_l:]}
+        return out_l, out_s
+
+
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _plain(x) -> torch.Tensor:
@@ -91,9 +145,11 @@ class CRLNStep:
 
     - ``"crln"`` (``network`` a :class:`~volssl.networks.CRLNNet`): the teacher gives pseudo-labels on the
       unlabelled batch from ``softmax(y_T)``, and from ``softmax(y_T + (1 - a_T) M_T)`` once
-      ``engine.state.epoch > rectify_after_epoch`` (``a_T`` is the teacher's own EMA copy of ``a``);
-      ``yhat = argmax``, ``c = max``. The strong view moves ``x_u``, ``yhat``, ``c`` together. Student forward on
-      ``[x_l, x_strong]`` in one batch::
+      ``engine.state.iteration > rectify_after_iterations`` (``a_T`` is the teacher's own EMA copy of ``a``);
+      ``yhat = argmax``, ``c = max``. The strong view moves ``x_u``, ``yhat``, ``c`` together. The student sees the
+      labelled batch (``forward_train``: logits, M, embeddings) and the strong view (logits and embeddings, no DIM) in
+      two forwards, so each batch gets its own BatchNorm statistics, as in the official code
+      (``separate_forwards=False``: one forward of ``[x_l, x_strong]``, the DIM run on both)::
 
           L = L_sup(y_l, M_l, g) + unsup_weight * L_unsup(y_strong, yhat, c) + cps_weight * L_CPS
 
@@ -101,12 +157,15 @@ class CRLNStep:
       sample: fraction of voxels with c >= ``conf_threshold``), L_CPS on the student's embeddings over labelled
       voxels + unlabelled voxels with c >= ``cps_conf_threshold`` (student probabilities for hardness; the mean of
       the teacher's updated prototypes on the unlabelled batch enters the positive key once
-      ``engine.state.epoch > prototype_after_epoch``). After the optimiser step, the scalar ``a`` gets its own step
-      on the labelled batch: ``0.5 [CE + Dice](y_l + (1 - a) M_l)`` with ``y_l, M_l`` detached (from the same
-      forward), SGD (momentum ``rectifier_momentum``) on ``a`` alone (:attr:`rectifier_optimizer`).
-    - ``"mean_teacher"`` (a plain segmentation network): pseudo-labels from ``softmax(y_T)``, the same strong view,
-      ``L = 0.5 [CE + Dice](y_l) + unsup_weight * L_unsup``.
+      ``engine.state.iteration > prototype_after_iterations``). After the optimiser step, the scalar ``a`` gets its
+      own step on the labelled batch: ``0.5 [CE + Dice](y_l + (1 - a) M_l)`` with ``y_l, M_l`` detached (from the
+      same forward), SGD (momentum ``rectifier_momentum``) on ``a`` alone (:attr:`rectifier_optimizer`).
+    - ``"mean_teacher"`` (a plain segmentation network): pseudo-labels from ``softmax(y_T)``, the same strong view and
+      forwards, ``L = 0.5 [CE + Dice](y_l) + w_t * L_unsup``; give ``unsup_rampup_iterations`` for UA-MT's ramp-up.
     - ``"supervised"``: ``L = 0.5 [CE + Dice](y_l)``; the unlabelled data are not read.
+
+    The weight of L_unsup at iteration ``t`` is ``w_t = unsup_weight * sigmoid_rampup(t, unsup_rampup_iterations)``
+    (constant ``unsup_weight`` with the default 0, as CRLN's code).
 
     In every mode the EMA teacher is updated after the step (``ema_update_``, ``t = engine.state.iteration``); it
     is :attr:`teacher` (eval mode, no gradients): put it (or this step, which has ``state_dict`` /
@@ -114,7 +173,10 @@ class CRLNStep:
     The trainer's optimiser may hold ``a`` as well: the main loss never gives ``a`` a gradient, so it leaves it alone.
 
     Mixed precision follows ``engine.amp`` on CUDA only (autocast is off on CPU), with the engine's grad scaler;
-    the losses run in float32. Single-process: ``engine.network`` must be ``network`` (or wrap it).
+    the losses run in float32. ``engine.network`` must be ``network`` (or wrap it). Under ``torch.distributed``
+    (``torchrun`` with the bundle's ``multi_gpu_train.json``) the step wraps the student's training forwards in
+    ``DistributedDataParallel`` itself (:class:`StudentForward`) and averages ``a``'s gradient over the processes:
+    give it, and the trainer, the plain network; each process keeps its own teacher, updated from the same student.
 
     Args:
         network: the student (the trainer's network).
@@ -125,8 +187,12 @@ class CRLNStep:
         unlabeled_key: key of the unlabelled images in a combined batch (``unlabeled_loader=None``).
         unsup_weight: weight of L_unsup (0.5).
         cps_weight: ``lambda_cps`` (0.5 for LA).
-        rectify_after_epoch: rectified pseudo-labels when ``engine.state.epoch`` (1-based) exceeds it (3).
-        prototype_after_epoch: teacher prototypes in the CPS key after this epoch; ``None``: ``rectify_after_epoch``.
+        rectify_after_iterations: rectified pseudo-labels once ``engine.state.iteration`` (1-based) exceeds it
+            (800: the official code's 0-based epoch index > 3 with 200 iterations per epoch).
+        prototype_after_iterations: teacher prototypes in the CPS key after this iteration; ``None``:
+            ``rectify_after_iterations`` (as the official code).
+        unsup_rampup_iterations: length of the sigmoid ramp-up of L_unsup's weight (0: none).
+        separate_forwards: the labelled batch and the strong view through separate student forwards (official).
         ema_max_decay: the EMA's ``max_decay`` (0.99).
         strong_view: ``(x, yhat, c, generator=...) -> (x, yhat, c)``; ``None``: :class:`StrongView3d` defaults.
         sup_loss: default :class:`CRLNSupervisedLoss` ``(weight=0.5)``.
@@ -140,7 +206,7 @@ class CRLNStep:
             the same device); otherwise the global RNGs.
 
     Returns (from ``__call__``): dict of detached 0-dim tensors ``loss``, ``sup``, ``unsup``, ``cps``, ``a`` (0 when the
-    network has no ``a``).
+    network has no ``a``) and ``unsup_weight`` (``w_t``, 0 in ``"supervised"`` mode).
 
     Raises:
         ValueError: unknown mode; ``"crln"`` with a network lacking ``forward_train``/``a``; a baseline mode with a
@@ -157,8 +223,10 @@ class CRLNStep:
         unlabeled_key: str = "image_u",
         unsup_weight: float = 0.5,
         cps_weight: float = 0.5,
-        rectify_after_epoch: int = 3,
-        prototype_after_epoch: int | None = None,
+        rectify_after_iterations: int = 800,
+        prototype_after_iterations: int | None = None,
+        unsup_rampup_iterations: int = 0,
+        separate_forwards: bool = True,
         ema_max_decay: float = 0.99,
         strong_view: Callable | None = None,
         sup_loss: nn.Module | None = None,
@@ -189,10 +257,12 @@ class CRLNStep:
         self.unlabeled_key = unlabeled_key
         self.unsup_weight = float(unsup_weight)
         self.cps_weight = float(cps_weight)
-        self.rectify_after_epoch = int(rectify_after_epoch)
-        self.prototype_after_epoch = (
-            self.rectify_after_epoch if prototype_after_epoch is None else int(prototype_after_epoch)
+        self.rectify_after_iterations = int(rectify_after_iterations)
+        self.prototype_after_iterations = (
+            self.rectify_after_iterations if prototype_after_iterations is None else int(prototype_after_iterations)
         )
+        self.unsup_rampup_iterations = int(unsup_rampup_iterations)
+        self.separate_forwards = bool(separate_forwards)
         self.ema_max_decay = float(ema_max_decay)
         self.strong_view = StrongView3d() if strong_view is None else strong_view
         self.sup_loss = CRLNSupervisedLoss(weight=0.5) if sup_loss is None else sup_loss
@@ -207,6 +277,7 @@ class CRLNStep:
             lr = 0.0 if rectifier_lr is None else float(rectifier_lr)
             self.rectifier_optimizer = torch.optim.SGD([network.a], lr=lr, momentum=rectifier_momentum)
         self._unlabeled_iter: Iterator | None = None
+        self._forward: nn.Module | None = None
 
     # -- checkpointing ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -220,6 +291,18 @@ class CRLNStep:
         self.teacher.load_state_dict(state["teacher"])
         if self.rectifier_optimizer is not None and "rectifier_optimizer" in state:
             self.rectifier_optimizer.load_state_dict(state["rectifier_optimizer"])
+
+    def network(self, which: str) -> nn.Module:
+        """``"teacher"`` (the EMA teacher) or ``"student"`` (the trained network): what a config validates and ships.
+
+        Raises:
+            ValueError: any other name.
+        """
+        if which == "teacher":
+            return self.teacher
+        if which == "student":
+            return self.student
+        raise ValueError(f"the network to ship must be 'teacher' or 'student', got {which!r}.")
 
     # -- helpers -----------------------------------------------------------------------------------------------------
     def _unlabeled(self, batchdata: dict) -> torch.Tensor:
@@ -256,66 +339,86 @@ class CRLNStep:
         with torch.enable_grad():
             loss_a = self.sup_loss(self.student.rectify(logits, rect_map), target)
             (grad,) = torch.autograd.grad(loss_a, [a])
+        if _distributed():  # one a for all processes, as DDP keeps one network
+            torch.distributed.all_reduce(grad)
+            grad /= torch.distributed.get_world_size()
         a.grad = grad
         opt.step()
         a.grad = None  # keep the trainer's optimiser (which may hold ``a``) from seeing this gradient
 
     # -- the iteration -----------------------------------------------------------------------------------------------
+    def _train_forward(self, device: torch.device) -> nn.Module:
+        """:class:`StudentForward`, wrapped in ``DistributedDataParallel`` under ``torch.distributed`` (gradients
+        averaged over the processes; ``find_unused_parameters``: ``a`` and, in the strong view's forward, the DIM
+        get no gradient from the main loss)."""
+        if self._forward is None:
+            forward = StudentForward(self.student, self.mode == "crln", self.separate_forwards)
+            if _distributed():
+                from torch.nn.parallel import DistributedDataParallel
+
+                ids = [device] if device.type == "cuda" else None
+                forward = DistributedDataParallel(forward, device_ids=ids, find_unused_parameters=True)
+                logging.getLogger("volssl.crln").info(
+                    f"student forwards in DistributedDataParallel over {torch.distributed.get_world_size()} processes")
+            self._forward = forward
+        return self._forward
+
     def __call__(self, engine, batchdata: dict) -> dict[str, torch.Tensor]:
         self._check_engine(engine)
         device = engine.state.device
         nb = engine.non_blocking
-        epoch = int(engine.state.epoch)
+        iteration = int(engine.state.iteration)
         x_l = _plain(batchdata[self.image_key]).to(device=device, non_blocking=nb)
         g = as_label_map(_plain(batchdata[self.label_key])).to(device=device, non_blocking=nb)
         use_amp = bool(engine.amp) and device.type == "cuda"
         amp_kwargs = getattr(engine, "amp_kwargs", None) or {}
         student, teacher = self.student, self.teacher
         crln = self.mode == "crln"
+        rectify = iteration > self.rectify_after_iterations
+        use_prototypes = iteration > self.prototype_after_iterations
 
         student.train()
         teacher.eval()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         zero = torch.zeros((), device=device)
-        unsup, cps = zero, zero
+        unsup, cps, unsup_weight = zero, zero, 0.0
         rect_map_l: torch.Tensor | None = None
+        forward = self._train_forward(device)
         if self.mode == "supervised":
             with torch.autocast(device.type, enabled=use_amp, **amp_kwargs):
-                y_l = student(x_l)
+                y_l = forward(x_l)[0]["logits"]
             sup = self.sup_loss(y_l.float(), g)
             loss = sup
         else:
             x_u = self._unlabeled(batchdata).to(device=device, non_blocking=nb)
             with torch.no_grad(), torch.autocast(device.type, enabled=use_amp, **amp_kwargs):
                 if crln:
-                    out_t = teacher.forward_train(x_u)
-                    logits_t = out_t["rectified"] if epoch > self.rectify_after_epoch else out_t["logits"]
+                    # the DIM runs on the teacher only once its map or its prototypes are used
+                    out_t = teacher.forward_train(x_u, rectifier=rectify or use_prototypes)
+                    logits_t = out_t["rectified"] if rectify else out_t["logits"]
                 else:
                     out_t = {}
                     logits_t = teacher(x_u)
                 conf, pseudo = torch.softmax(logits_t.float(), dim=1).max(dim=1)  # (B_u, *S) each
             x_s, y_s, c_s = self.strong_view(x_u, pseudo, conf, generator=self.generator)
-            n_l = x_l.shape[0]
-            x_all = torch.cat([x_l, x_s.to(x_l.dtype)], dim=0)
             with torch.autocast(device.type, enabled=use_amp, **amp_kwargs):
-                out = student.forward_train(x_all) if crln else {"logits": student(x_all)}
-            logits = out["logits"].float()
-            y_l, y_u = logits[:n_l], logits[n_l:]
+                out_l, out_s = forward(x_l, x_s.to(x_l.dtype))
+            y_l, y_u = out_l["logits"].float(), out_s["logits"].float()
             if crln:
-                rect_map_l = out["rect_map"][:n_l].float()
+                rect_map_l = out_l["rect_map"].float()
             sup = self.sup_loss(y_l, g, rect_map_l)
             unsup = self.unsup_loss(y_u, y_s, c_s)
-            loss = sup + self.unsup_weight * unsup
+            unsup_weight = self.unsup_weight * sigmoid_rampup(iteration, self.unsup_rampup_iterations)
+            loss = sup + unsup_weight * unsup
             if crln:
                 labels = torch.cat([g, y_s.long()], dim=0)
                 valid = torch.cat([torch.ones_like(g, dtype=torch.bool), c_s >= self.cps_conf_threshold], dim=0)
-                probs = torch.softmax(logits.detach(), dim=1)
+                probs = torch.softmax(torch.cat([y_l, y_u], dim=0).detach(), dim=1)
+                embedding = torch.cat([out_l["embedding"], out_s["embedding"]], dim=0).float()
                 protos = None
-                if epoch > self.prototype_after_epoch:
+                if use_prototypes:
                     protos = out_t["prototypes"].float().mean(dim=(0, 2))  # (n, E): mean over batch and K
-                cps = self.cps_loss(
-                    out["embedding"].float(), labels, valid, probs, protos, generator=self._generator_on(device)
-                )
+                cps = self.cps_loss(embedding, labels, valid, probs, protos, generator=self._generator_on(device))
                 loss = loss + self.cps_weight * cps
 
         scaler = getattr(engine, "scaler", None)
@@ -329,7 +432,7 @@ class CRLNStep:
 
         if crln and rect_map_l is not None:
             self._rectifier_step(engine, y_l.detach(), rect_map_l.detach(), g)
-        ema_update_(teacher, student, int(engine.state.iteration), self.ema_max_decay)
+        ema_update_(teacher, student, iteration, self.ema_max_decay)
 
         a = getattr(student, "a", None)
         return {
@@ -341,4 +444,5 @@ class CRLNStep:
             "unsup": unsup.detach(),
             "cps": cps.detach(),
             "a": a.detach().clone() if isinstance(a, torch.Tensor) else zero,
+            "unsup_weight": torch.tensor(unsup_weight, device=device),
         }

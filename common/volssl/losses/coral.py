@@ -28,7 +28,8 @@ class CoralLoss(nn.Module):
         alpha: weight of OAL.
         kappa: slope of RAL's soft weight ``sigmoid(kappa * d)``.
         soft_weight: apply RAL's soft weight.
-        tie_tolerance: RAL's tolerance for tied position distances (0: exact, as in the formula).
+        tie_tolerance: RAL's tolerance for tied position distances (1e-6: the formula's ties for positions on slice
+            grids; 0: exact float comparisons, as the released code). See :class:`RelationalRankLoss`.
         seed: seed for the initial OAL direction; ``None`` uses torch's global RNG.
         precise_distances: OAL's pairwise distances in float64 (see :class:`OrdinalDirectionLoss`).
     """
@@ -40,7 +41,7 @@ class CoralLoss(nn.Module):
         alpha: float = 1.0,
         kappa: float = 1.0,
         soft_weight: bool = True,
-        tie_tolerance: float = 0.0,
+        tie_tolerance: float = 1e-6,
         seed: int | None = None,
         precise_distances: bool = True,
     ) -> None:

@@ -31,24 +31,30 @@ class RelationalRankLoss(nn.Module):
     takes a cumulative log-sum-exp, reading tie groups at their last element (see ``sorted_ranked_logsumexp``):
     O(N^2 log N) time and O(N^2) memory, equal to the naive form up to rounding.
 
-    Ties are exact float comparisons, as in the formula (and the released code). Mathematically equal gaps need not be
-    equal in floating point (``|0.3 - 0.1| != |0.5 - 0.3|``), so the loss depends slightly on how the positions were
-    rounded (float32 and float64 positions on a k/10 grid give losses ~1e-3 apart). ``tie_tolerance`` (e.g. 1e-6)
-    makes sorted distances that follow each other within the tolerance one tie group, which removes that dependence;
-    keep it below the smallest true gap between distinct distances (1 / (S_1 S_2) for volumes of S_1, S_2 slices).
+    Ties: the formula's ties are ties of the true distances. Slices of one grid have rational positions
+    p = (i + 1) / S, and mathematically equal gaps need not be equal in floating point (``|0.3 - 0.1| != |0.5 - 0.3|``),
+    so exact float comparisons (``tie_tolerance=0``, as the released code) split tie groups at random. Measured against
+    an exact-tie reference (distances compared as integers over a common denominator), at N = 256 (128 slices of
+    volumes with 10-20 slices, two views, float32 positions): with ``tie_tolerance=0`` the loss is 0.16 % low and its
+    gradient 2 % off (relative norm); with the default ``tie_tolerance=1e-6`` both agree with the reference to
+    rounding (relative 2e-9 with float64 embeddings, 4e-8 with float32 ones).
+    The tolerance makes sorted distances that follow each other within it one tie group (chained); it must stay below
+    the smallest true gap between distinct distances, 1 / (S_1 S_2) for volumes of S_1, S_2 slices (1e-6: volumes of
+    fewer than 1000 slices), and above the rounding of the distances (about 1e-7 for float32 positions in (0, 1]).
 
     Args:
         temperature: ``tau`` of the cosine logits.
         kappa: slope of the soft weight ``sigmoid(kappa * d)``.
         soft_weight: apply ``w_ab``; ``False`` weights every pair by 1.
-        tie_tolerance: distances within this of each other (chained, in sorted order) count as tied; 0 = exact.
+        tie_tolerance: distances within this of each other (chained, in sorted order) count as tied; 0 compares
+            floats exactly (the released code).
 
     Raises:
         ValueError: non-positive ``temperature`` or negative ``tie_tolerance``.
     """
 
     def __init__(
-        self, temperature: float = 0.1, kappa: float = 1.0, soft_weight: bool = True, tie_tolerance: float = 0.0
+        self, temperature: float = 0.1, kappa: float = 1.0, soft_weight: bool = True, tie_tolerance: float = 1e-6
     ) -> None:
         super().__init__()
         if temperature <= 0:

@@ -19,29 +19,31 @@ __all__ = ["RepresentationHead3d", "CRLNNet"]
 
 
 class RepresentationHead3d(nn.Module):
-    """``conv1x1x1 -> ReLU -> conv1x1x1``: per-voxel embeddings for CRLN's CPS (regional contrast) loss.
+    """``conv3x3x3 -> BatchNorm -> ReLU -> conv1x1x1``: per-voxel embeddings for CRLN's CPS (regional contrast) loss,
+    the representation head of the official code (its first conv has no bias: a BatchNorm follows).
 
     Args:
         in_channels: channels of the input feature.
         out_dim: embedding dimension.
-        hidden_dim: hidden width; ``None`` means ``in_channels``.
+        hidden_dim: width after the first conv; ``None`` means ``out_dim`` (as the official code).
     """
 
     def __init__(self, in_channels: int, out_dim: int, hidden_dim: int | None = None) -> None:
         super().__init__()
-        hidden = in_channels if hidden_dim is None else hidden_dim
+        hidden = out_dim if hidden_dim is None else hidden_dim
         if min(in_channels, out_dim, hidden) < 1:
             raise ValueError(
                 f"sizes must be positive, got in_channels={in_channels}, out_dim={out_dim}, hidden={hidden}."
             )
         self.out_dim = out_dim
-        self.conv1 = nn.Conv3d(in_channels, hidden, kernel_size=1)
+        self.conv1 = nn.Conv3d(in_channels, hidden, kernel_size=3, padding=1, bias=False)
+        self.norm = nn.BatchNorm3d(hidden)
         self.act = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv3d(hidden, out_dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, *spatial) -> (B, out_dim, *spatial)."""
-        return self.conv2(self.act(self.conv1(x)))
+        return self.conv2(self.act(self.norm(self.conv1(x))))
 
 
 class CRLNNet(nn.Module):
@@ -58,7 +60,7 @@ class CRLNNet(nn.Module):
     Outputs of :meth:`forward_train`, for x (B, C, H, W, D):
 
     - ``logits``: y, (B, n, H, W, D);
-    - ``rect_map``: M, (B, n, H, W, D);
+    - ``rect_map``: M, (B, n, H, W, D), non-negative (the DIM ends with a ReLU);
     - ``rectified``: y + (1 - a) M, (B, n, H, W, D);
     - ``embedding``: (B, E, H, W, D);
     - ``prototypes``: the updated prototypes, (B, n, K, E).
@@ -122,15 +124,13 @@ class CRLNNet(nn.Module):
         rect_map, _ = self.dim([f_quarter, f_half])
         return self.rectify(logits, rect_map)
 
-    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_train(self, x: torch.Tensor, rectifier: bool = True) -> dict[str, torch.Tensor]:
         """All training outputs (see the class docstring): ``logits``, ``rect_map``, ``rectified``, ``embedding``,
-        ``prototypes``."""
+        ``prototypes``; with ``rectifier=False`` only ``logits`` and ``embedding`` (the DIM is not run: the official
+        code's student forward on the strongly augmented unlabelled batch)."""
         logits, f_quarter, f_half, f_full = self.backbone.forward_features(x)
-        rect_map, prototypes = self.dim([f_quarter, f_half])
-        return {
-            "logits": logits,
-            "rect_map": rect_map,
-            "rectified": self.rectify(logits, rect_map),
-            "embedding": self.rep_head(f_full),
-            "prototypes": prototypes,
-        }
+        out = {"logits": logits, "embedding": self.rep_head(f_full)}
+        if rectifier:
+            rect_map, prototypes = self.dim([f_quarter, f_half])
+            out.update(rect_map=rect_map, rectified=self.rectify(logits, rect_map), prototypes=prototypes)
+        return out

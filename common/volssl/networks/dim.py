@@ -12,17 +12,21 @@ Per stage ``s`` (:class:`DIMStage`), with prototypes ``P`` (B, nK, E):
   ``S = (W_q LN(P)) (W_k T)^T / sqrt(E)``, (B, nK, N);
   ``P <- P + W_o softmax_N(S) (W_v T)`` (one residual), then ``P <- P + MLP(LN(P))`` (one residual).
 - the attention maps, ``A = softmax over the nK prototypes of S`` (each voxel's soft assignment to the prototypes),
-  reshaped (B, nK, h, w, d) with the class-major prototype order kept, go through a separable 3D conv (depthwise
-  3x3x3 + pointwise 1x1x1), a ReLU and a 1x1x1 conv to one cue map per class, (B, n, h, w, d).
+  reshaped class by class to (B n, K, h, w, d) (the class-major prototype order kept), go through a separable 3D conv
+  ``depthwise 3x3x3 -> BatchNorm -> ReLU -> pointwise 1x1x1 -> BatchNorm -> ReLU`` and a 1x1x1 conv from the K maps
+  to one cue map: the cue of each class, (B, n, h, w, d). Every class goes through the same convolutions (as the
+  official code, which folds the classes into the batch axis).
 
 Stages run from coarse to fine, each starting from the previous stage's prototypes; a stage's cue is added to the
 next stage's cue after trilinear up-sampling by 2. The last cue is up-sampled to full resolution by a transposed
-conv (kernel = stride = ``upsample``): the rectification map M, (B, n, H, W, D).
+conv (kernel = stride = ``upsample``) followed by a ReLU (as the official code): the rectification map M >= 0,
+(B, n, H, W, D).
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -58,8 +62,8 @@ class DIMStage(nn.Module):
                 f"sizes must be positive, got in_channels={in_channels}, embed_dim={embed_dim}, "
                 f"num_classes={num_classes}, num_prototypes={num_prototypes}, mlp hidden={hidden}."
             )
-        nk = num_classes * num_prototypes
-        self.num_maps = nk
+        self.num_classes = num_classes
+        self.num_prototypes = num_prototypes
         self.scale = 1.0 / math.sqrt(embed_dim)
         self.proj = nn.Conv3d(in_channels, embed_dim, kernel_size=1)
         self.token_norm = nn.LayerNorm(embed_dim)
@@ -70,10 +74,19 @@ class DIMStage(nn.Module):
         self.to_out = nn.Linear(embed_dim, embed_dim)
         self.mlp_norm = nn.LayerNorm(embed_dim)
         self.mlp = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, embed_dim))
-        self.depthwise = nn.Conv3d(nk, nk, kernel_size=3, padding=1, groups=nk)
-        self.pointwise = nn.Conv3d(nk, nk, kernel_size=1)
-        self.act = nn.ReLU(inplace=True)
-        self.to_cue = nn.Conv3d(nk, num_classes, kernel_size=1)
+        k = num_prototypes
+        # the separable conv of the official code: no conv biases (each conv is followed by a BatchNorm)
+        self.separable = nn.Sequential(
+            OrderedDict(
+                depthwise=nn.Conv3d(k, k, kernel_size=3, padding=1, groups=k, bias=False),
+                bn_depth=nn.BatchNorm3d(k),
+                act_depth=nn.ReLU(inplace=True),
+                pointwise=nn.Conv3d(k, k, kernel_size=1, bias=False),
+                bn_point=nn.BatchNorm3d(k),
+                act_point=nn.ReLU(inplace=True),
+            )
+        )
+        self.to_cue = nn.Conv3d(k, 1, kernel_size=1)
 
     def forward(self, feature: torch.Tensor, prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
@@ -92,8 +105,9 @@ class DIMStage(nn.Module):
         scores = torch.bmm(q, k.transpose(1, 2)) * self.scale  # (B, nK, N)
         prototypes = prototypes + self.to_out(torch.bmm(scores.softmax(dim=-1), v))
         prototypes = prototypes + self.mlp(self.mlp_norm(prototypes))
-        maps = scores.softmax(dim=1).reshape(b, self.num_maps, h, w, d)  # N was flattened from (h, w, d)
-        cue = self.to_cue(self.act(self.pointwise(self.depthwise(maps))))
+        # N was flattened from (h, w, d); the nK maps are class-major, so each class's K maps are one batch item
+        maps = scores.softmax(dim=1).reshape(b * self.num_classes, self.num_prototypes, h, w, d)
+        cue = self.to_cue(self.separable(maps)).reshape(b, self.num_classes, h, w, d)
         return cue, prototypes
 
 
@@ -142,7 +156,9 @@ class DynamicInteractionModule(nn.Module):
         self.stages = nn.ModuleList(
             [DIMStage(c, embed_dim, num_classes, num_prototypes, mlp_ratio) for c in in_channels]
         )
-        self.upsample = nn.ConvTranspose3d(num_classes, num_classes, kernel_size=upsample, stride=upsample)
+        self.upsample = nn.Sequential(
+            nn.ConvTranspose3d(num_classes, num_classes, kernel_size=upsample, stride=upsample), nn.ReLU()
+        )
 
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """
@@ -151,7 +167,8 @@ class DynamicInteractionModule(nn.Module):
                 previous one; the last at 1/``upsample`` of the output resolution.
 
         Returns:
-            ``(M, prototypes)``: the rectification map (B, n, H, W, D) and the updated prototypes (B, n, K, E).
+            ``(M, prototypes)``: the rectification map (B, n, H, W, D), non-negative, and the updated prototypes
+            (B, n, K, E).
 
         Raises:
             ValueError: the number of feature maps differs from the number of stages.
