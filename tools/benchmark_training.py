@@ -63,9 +63,11 @@ HIPPOCAMPUS = REPO_ROOT.parent / "shared" / "data" / "hippocampus"
 COLUMNS = ["measure", "data", "variant", "threads", "other_load", "iterations", "wall_s", "its_per_s", "data_s",
            "step_s", "val_s", "other_s", "non_network", "speedup"]
 FLOAT_FORMATS = {"its_per_s": ".3f", "non_network": ".2f", "speedup": ".2f", "other_load": ".2f"}
-# the main job's CRLN phantom settings (tools/run_main.py), a CPU-sized semi-supervised run
-CRLN_PHANTOM = {"num_classes": 4, "n_filters": 8, "patch_size": [48, 48, 16], "iterations_per_epoch": 20,
-                "rectify_after_epoch": 1, "val_interval": 1, "dropout": 0.0}
+def _crln_phantom() -> dict:
+    """The main job's CRLN phantom settings (``tools/run_main.py``), a CPU-sized semi-supervised run."""
+    from run_main import CRLN_PHANTOM
+
+    return dict(CRLN_PHANTOM)
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -296,7 +298,7 @@ def _measure_one(measure: str, data: str, variant: str, threads: int | None, dat
         png = _curve_writer_path(parser["train#handlers"], "train#handlers")
         overrides = {png: 0} if variant == "before" else {}
         row.update(_measure_training([str(configs / n) for n in ("train.json", "cpu_small.json", "adam.json")],
-                                     datalist, {**CRLN_PHANTOM, **overrides}, timed, unlabeled=True))
+                                     datalist, {**_crln_phantom(), **overrides}, timed, unlabeled=True))
     elif measure.startswith("pretrain_"):
         method = measure.removeprefix("pretrain_")
         if variant == "ours":
