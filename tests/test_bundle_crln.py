@@ -38,7 +38,7 @@ TINY = {
     "val_overlap": 0.0,
     "overlap": 0.0,
 }
-RESUME_KEYS = {"network", "step", "optimizer", "lr_scheduler", "trainer", "best_model"}
+RESUME_KEYS = {"network", "step", "optimizer", "lr_scheduler", "trainer", "best_model", "early_stop"}
 
 
 def _parser(files, **overrides):

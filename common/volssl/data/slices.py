@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import Dataset, MetaTensor
+from monai.data import Dataset, MetaTensor, get_track_meta, set_track_meta
 from monai.transforms import (
     AsDiscreted,
     Compose,
@@ -432,6 +432,13 @@ class SliceDataset(Dataset):
         case_key: where to store the case name (``volssl.data.datalist.case_id`` of the entry's image path) when
             the entry does not already hold that key; ``None``: do not add it.
         progress: show a progress bar while caching.
+        track_meta: keep MONAI metadata on the slices (MetaTensors with an in-plane affine, and ``slice_transform``
+            recording its operations). ``False``: the slices are cached as plain tensors and ``slice_transform``
+            runs with MONAI's metadata tracking off (``monai.data.set_track_meta(False)`` for the duration of the
+            call, restored after), so its outputs are plain tensors too. About twice as fast for the training
+            augmentation, which needs no metadata (nothing inverts it); keep ``True`` where a transform reads the
+            affine or is inverted later. The switch is process-wide while it lasts: do not run metadata-tracking
+            transforms in other threads of the same process at the same time.
 
     Raises:
         VolsslInputError: a file under ``keys`` that does not exist, or a volume that fails to load or to
@@ -453,8 +460,10 @@ class SliceDataset(Dataset):
         copy_cache: bool = True,
         case_key: str | None = CASE_KEY,
         progress: bool = False,
+        track_meta: bool = True,
     ) -> None:
         super().__init__(data=list(data), transform=slice_transform)
+        self.track_meta = bool(track_meta)
         self.volume_transform = volume_transform
         self.slice_transform = slice_transform
         self.keys = ensure_tuple(keys)
@@ -536,6 +545,10 @@ class SliceDataset(Dataset):
             item[VOLUME_INDEX_KEY] = v
             if case is not None:
                 item[self.case_key] = case
+            if not self.track_meta:
+                for key in self.keys:
+                    if isinstance(item.get(key), MetaTensor):
+                        item[key] = item[key].as_tensor()
         return slices
 
     def _has_foreground(self, item: Mapping) -> bool:
@@ -559,7 +572,14 @@ class SliceDataset(Dataset):
         item = self.get_slice(v, s)
         if self.slice_transform is None:
             return item
-        return apply_transform(self.slice_transform, item)
+        if self.track_meta:
+            return apply_transform(self.slice_transform, item)
+        tracking = get_track_meta()
+        set_track_meta(False)
+        try:
+            return apply_transform(self.slice_transform, item)
+        finally:
+            set_track_meta(tracking)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> SliceDataset:
         """Seed ``slice_transform`` (called by MONAI's ``DataLoader`` through ``set_rnd``)."""

@@ -19,3 +19,7 @@ __all__ += ["SlicePairStep"]
 from .semi_supervised import CRLNStep, ema_decay, ema_update_, make_teacher  # noqa: E402
 
 __all__ += ["CRLNStep", "ema_decay", "ema_update_", "make_teacher"]
+
+from .early_stopping import EarlyStopOnPlateau  # noqa: E402
+
+__all__ += ["EarlyStopOnPlateau"]

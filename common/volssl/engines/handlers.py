@@ -195,13 +195,25 @@ class LearningCurveWriter:
     """Record per-epoch scalars and write ``<name>.csv`` and ``<name>.png`` (learning curves) in ``output_dir``.
 
     Records the mean of the trainer's scalar outputs over each epoch (``loss`` and any loss terms) and, if an
-    ``evaluator`` is given (or a list of them, e.g. one per network scored), its metrics after each validation.
-    Files are rewritten after every epoch, so an interrupted run keeps its curve; a resumed run appends to the
-    existing CSV.
+    ``evaluator`` is given (or a list of them, e.g. one per network scored), its metrics after each validation. The
+    CSV is rewritten after every epoch, so an interrupted run keeps its curve; a resumed run appends to the existing
+    CSV. The PNG is redrawn at most every ``png_interval_s`` seconds and at the end of the run (drawing it costs about
+    as much as a few training iterations of the CPU-sized configs, so redrawing it after every short epoch slowed
+    training measurably).
+
+    Args:
+        output_dir: where ``<name>.csv`` and ``<name>.png`` go.
+        name: the file name stem.
+        evaluator: the validation evaluator(s) whose metrics are recorded (``None``: training scalars only).
+        png_interval_s: the least time between two redraws of the PNG (0: after every epoch).
     """
 
     def __init__(
-        self, output_dir, name: str = "learning_curve", evaluator: Engine | Sequence[Engine] | None = None
+        self,
+        output_dir,
+        name: str = "learning_curve",
+        evaluator: Engine | Sequence[Engine] | None = None,
+        png_interval_s: float = 30.0,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.name = name
@@ -211,9 +223,11 @@ class LearningCurveWriter:
             self.evaluators = [evaluator]
         else:
             self.evaluators = list(evaluator)
+        self.png_interval_s = float(png_interval_s)
         self.rows: list[dict] = []
         self._sums: dict[str, float] = {}
         self._count = 0
+        self._last_png = -float("inf")
 
     def attach(self, engine: Engine) -> None:
         csv_path = self.output_dir / f"{self.name}.csv"
@@ -222,6 +236,7 @@ class LearningCurveWriter:
                 self.rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_done)
+        engine.add_event_handler(Events.COMPLETED, lambda _: self.write(png=True))
 
     def _accumulate(self, engine: Engine) -> None:
         out = engine.state.output
@@ -246,9 +261,10 @@ class LearningCurveWriter:
             row.update({(k if k.startswith("val_") else f"val_{k}"): float(v) for k, v in metrics.items()})
         self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
         self._sums, self._count = {}, 0
-        self.write()
+        self.write(png=time.monotonic() - self._last_png >= self.png_interval_s)
 
-    def write(self) -> None:
+    def write(self, png: bool = True) -> None:
+        """Rewrite the CSV and, with ``png``, the PNG."""
         if _rank() > 0:  # under torch.distributed every rank records, rank 0 writes
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -259,9 +275,12 @@ class LearningCurveWriter:
             writer.writeheader()
             writer.writerows(self.rows)
         os.replace(tmp, self.output_dir / f"{self.name}.csv")
+        if not png or not self.rows:
+            return
         from ..viz import plot_learning_curves
 
         plot_learning_curves(self.rows, self.output_dir / f"{self.name}.png")
+        self._last_png = time.monotonic()
 
 
 class EpochProgress:

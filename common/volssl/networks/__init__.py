@@ -4,6 +4,7 @@
 - :class:`UNet2d`: encoder + decoder + 1x1 head, the fine-tuning (segmentation) network.
 - :class:`ProjectionHead`, :class:`PretrainNet2d`: the pretraining network (encoder + projection head).
 - :func:`load_encoder_weights`, :func:`with_encoder_weights`: copy a pretrained encoder into a network.
+- :func:`freeze_encoder`: freeze the encoder (no gradient, eval mode) for decoder-only fine-tuning.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .checkpoint import (
     with_encoder_weights,
     with_weights,
 )
+from .freeze import freeze_encoder
 from .heads import PretrainNet2d, ProjectionHead
 from .unet2d import (
     UNET2D_DIVISOR,
@@ -40,6 +42,7 @@ __all__ = [
     "UNetEncoder2d",
     "UNetUpBlock2d",
     "extract_state_dict",
+    "freeze_encoder",
     "init_kaiming_normal",
     "load_encoder_weights",
     "with_encoder_weights",
