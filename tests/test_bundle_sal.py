@@ -191,7 +191,7 @@ def test_verify_net_in_out_and_ckpt_export(workspace):
     [(("train.json",), "train"), (("inference.json",), "infer"), (("pretrain.json",), None)],
 )
 def test_config_workflow(workspace, tmp_path, files, workflow_type):
-    """ConfigWorkflow end to end; pretraining is given the fixture's epoch-1 checkpoint and asked for 2 epochs, so it
+    """ConfigWorkflow end to end; pretraining is given the epoch-1 checkpoint of an interrupted 2-epoch run, so it
     must resume (the SAL-specific resume state: network, loss, optimizer, scheduler, trainer) and run epoch 2 only."""
     from monai.bundle import ConfigWorkflow
 
@@ -201,8 +201,14 @@ def test_config_workflow(workspace, tmp_path, files, workflow_type):
     for name in ("pretrain.pt", "model.pt"):
         shutil.copy(workspace["bundle_root"] / "models" / name, bundle_root / "models" / name)
     if workflow_type is None:
-        shutil.copytree(workspace["bundle_root"] / "models" / "pretrain_checkpoints",
-                        bundle_root / "models" / "pretrain_checkpoints")
+        ckpt_dir = bundle_root / "models" / "pretrain_checkpoints"
+        shutil.copytree(workspace["bundle_root"] / "models" / "pretrain_checkpoints", ckpt_dir)
+        # the fixture's 1-epoch run had finished: make its checkpoint one of a 2-epoch run stopped after epoch 1
+        # (a finished run is never resumed)
+        ckpt = ckpt_dir / "checkpoint_epoch=1.pt"
+        state = torch.load(ckpt, weights_only=True)
+        state["trainer"]["max_epochs"] = 2
+        torch.save(state, ckpt)
     workflow = ConfigWorkflow(
         config_file=config_files, meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"), workflow_type=workflow_type,
