@@ -170,7 +170,8 @@ class LearningCurveWriter:
     """Record per-epoch scalars and write ``<name>.csv`` and ``<name>.png`` (learning curves) in ``output_dir``.
 
     Records the mean of the trainer's scalar outputs over each epoch (``loss`` and any loss terms) and, if an
-    ``evaluator`` is given, its metrics after each validation. Files are rewritten after every epoch, so an
+    ``evaluator`` is given, its metrics after each validation. Other handlers add columns to an epoch's row with
+    :meth:`record` (e.g. :class:`volssl.engines.EmbeddingProbe`). Files are rewritten after every epoch, so an
     interrupted run keeps its curve; a resumed run appends to the existing CSV.
     """
 
@@ -181,6 +182,7 @@ class LearningCurveWriter:
         self.rows: list[dict] = []
         self._sums: dict[str, float] = {}
         self._count = 0
+        self._extra: dict[float, dict[str, float]] = {}  # recorded for an epoch whose row is not written yet
 
     def attach(self, engine: Engine) -> None:
         csv_path = self.output_dir / f"{self.name}.csv"
@@ -210,9 +212,27 @@ class LearningCurveWriter:
         if ran_now and self.evaluator.state.metrics:
             metrics = {k: v for k, v in self.evaluator.state.metrics.items() if _is_number(v)}
             row.update({(k if k.startswith("val_") else f"val_{k}"): float(v) for k, v in metrics.items()})
+        row.update(self._extra.pop(row["epoch"], {}))
         self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
         self._sums, self._count = {}, 0
         self.write()
+
+    def record(self, epoch: int, values: Mapping[str, float]) -> None:
+        """Add ``values`` (column -> number) to the row of ``epoch``, whether that row is written already (the file is
+        then rewritten) or not (the values join it when the epoch ends). Epoch 0 (before training) gets a row of
+        its own."""
+        epoch_key = float(epoch)
+        values = {str(k): float(v) for k, v in values.items()}
+        for row in self.rows:
+            if row.get("epoch") == epoch_key:
+                row.update(values)
+                self.write()
+                return
+        if epoch_key == 0.0:
+            self.rows = [{"epoch": 0.0, **values}] + self.rows
+            self.write()
+            return
+        self._extra.setdefault(epoch_key, {}).update(values)
 
     def write(self) -> None:
         if _rank() > 0:  # under torch.distributed every rank records, rank 0 writes
