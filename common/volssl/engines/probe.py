@@ -116,13 +116,16 @@ class EmbeddingProbe:
     def attach(self, engine: Engine) -> None:
         if self.interval == 0:
             return
-        engine.add_event_handler(Events.STARTED, self._at_start)
+        # at EPOCH_STARTED, not STARTED: a resumed run loads its checkpoint at STARTED, possibly after this handler
+        engine.add_event_handler(Events.EPOCH_STARTED, self._at_start)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
         engine.add_event_handler(Events.COMPLETED, self._at_end)
 
     def _at_start(self, engine: Engine) -> None:
-        if engine.state.epoch == 0:  # a resumed run has its start value logged already
-            self(engine)
+        # the first epoch of a fresh run (its counter is already 1): the value before any training step, as epoch 0; a
+        # resumed run starts at a later epoch and has logged it already
+        if engine.state.epoch == 1 and engine.state.iteration == 0:
+            self(engine, epoch=0)
 
     def _at_end(self, engine: Engine) -> None:
         if self._last_epoch != engine.state.epoch:
@@ -146,12 +149,12 @@ class EmbeddingProbe:
         features = pooled_features(self._encoder(), probe["images"], self.level, self.batch_size)
         return embedding_diagnostics(features, probe["positions"], probe["volumes"])
 
-    def __call__(self, engine: Engine) -> None:
-        self._last_epoch = engine.state.epoch
+    def __call__(self, engine: Engine, epoch: int | None = None) -> None:
+        epoch = int(engine.state.epoch if epoch is None else epoch)
+        self._last_epoch = epoch
         if _rank() > 0:
             return
         values = self.compute()
-        epoch = int(engine.state.epoch)
         for name in DIAGNOSTIC_KEYS:
             engine.state.metrics[f"{self.tag}_{name}"] = values[name]
         if self.log_dir is not None:
