@@ -26,6 +26,7 @@ KEEPS_SPREAD = {
     "default": {},
     "independent_aug": {"pair_augmentation": "independent"},
     "gp_relative": {"position_mode": "relative", "position_level": -2},
+    "gp_absolute": {"position_mode": "absolute", "position_level": -2},
     "la_only": {"gp_weight": 0.0},
     "gp_only": {"la_weight": 0.0},
 }

@@ -58,6 +58,8 @@ SAL_ABLATION: dict[str, dict] = {
         "bundle": SAL,
         "overrides": {"position_mode": "relative", "position_level": -2, "gp_standardize": False},
     },
+    # GP as the standardised MSE on each slice's own position, from level 3
+    "gp_absolute": {"bundle": SAL, "overrides": {"position_mode": "absolute", "position_level": -2}},
     # one term only
     "la_only": {"bundle": SAL, "overrides": {"gp_weight": 0.0}},
     "gp_only": {"bundle": SAL, "overrides": {"la_weight": 0.0}},
