@@ -3,7 +3,9 @@ checks (verify_net_in_out, ckpt_export) and ConfigWorkflow (initialize, check_pr
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 from pathlib import Path
 
 import nibabel as nib
@@ -21,6 +23,8 @@ TINY = {
     "num_workers": 0,
     "pretrain_batch_size": 8,
     "pretrain_epochs": 1,
+    "probe_roles": ["unlabeled"],  # the embedding probe needs two volumes; the tiny data set has one for validation
+    "probe_interval": 1,
     "batch_size": 8,
     "epochs": 2,
     "learning_rate": 0.001,
@@ -50,6 +54,12 @@ def test_pretrain_and_train_outputs(workspace):
     pretrained = torch.load(models / "pretrain.pt", weights_only=True)
     assert set(pretrained) == {"network", "loss"}
     assert any(k.startswith("encoder.") for k in pretrained["network"])
+    # the embedding probe logged its diagnostics before training (epoch 0) and after the epoch, into the curve CSV
+    with open(workspace["bundle_root"] / "logs" / "pretrain" / "pretrain_curve.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["epoch"]) for r in rows] == [0.0, 1.0]
+    for key in ("probe_position_r2", "probe_nn_position_error", "probe_cosine_mean", "probe_channel_std"):
+        assert all(math.isfinite(float(r[key])) for r in rows), key
     # fine-tuning started from the pretrained encoder and saved a plain state dict selected on validation Dice
     model = torch.load(models / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in model.values())

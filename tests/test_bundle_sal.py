@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -19,13 +20,16 @@ from bundle_helpers import BUNDLES, REPO_ROOT, config_list, make_tiny_dataset, r
 BUNDLE = BUNDLES / "sal_mri_segmentation"
 CONFIGS = BUNDLE / "configs"
 CORAL_CONFIGS = BUNDLES / "coral_mri_segmentation" / "configs"
-# features 4 and 32 x 32 patches: a 2 x 2 bottleneck, divisible by the default window r = 2
+# features 4 and 32 x 32 patches: the default alignment level 3 is 4 x 4, divisible by the default window r = 2; the
+# embedding probe reads the 3 unlabelled volumes (the tiny data set has a single validation volume)
 TINY = {
     "features": 4,
     "patch_size": [32, 32],
     "num_workers": 0,
     "pretrain_batch_size": 8,
     "pretrain_epochs": 1,
+    "probe_roles": ["unlabeled"],
+    "probe_interval": 1,
     "batch_size": 8,
     "epochs": 2,
     "learning_rate": 0.001,
@@ -53,30 +57,53 @@ def test_evaluate_config_equals_corals_up_to_title():
     assert json.loads(json.dumps(sal).replace("title='SAL'", "title='CORAL'")) == coral
 
 
+def _finetuning_ids() -> set[str]:
+    """The config ids that fine-tuning, inference and evaluation read (defined in or referenced by their configs)."""
+    ids = set()
+    for name in ("train.json", "inference.json", "evaluate.json"):
+        text = (CORAL_CONFIGS / name).read_text()
+        ids |= set(_json(CORAL_CONFIGS / name)) | set(re.findall(r"@([A-Za-z_][A-Za-z0-9_]*)", text))
+    return ids
+
+
+def _level_side(side: int, level: int) -> int:
+    return side // 2 ** (level % 5)
+
+
 def test_cpu_small_equals_corals_outside_pretraining():
-    """The CPU-sized variant fine-tunes and infers exactly as CORAL's; only ``pretrain_*`` values may differ."""
+    """The CPU-sized variant fine-tunes and infers exactly as CORAL's: every value that fine-tuning, inference or
+    evaluation reads is the same; only pretraining values (``pretrain_*`` and SAL's own ids) may differ."""
     sal, coral = _json(CONFIGS / "cpu_small.json"), _json(CORAL_CONFIGS / "cpu_small.json")
-
-    def shared(cfg):
-        return {k: v for k, v in cfg.items() if not k.startswith("pretrain_")}
-
-    assert shared(sal) == shared(coral)
-    # the windowed alignment needs the bottleneck side (patch / 16) divisible by the window
+    used = _finetuning_ids()
+    assert {"features", "patch_size", "epochs", "batch_size"} <= used
+    for key in used & (set(sal) | set(coral)):
+        assert sal.get(key) == coral.get(key), key
+    pretrain_ids = set(_json(CONFIGS / "pretrain.json"))
+    assert set(sal) - set(coral) <= pretrain_ids - used  # SAL's extra overlay values are pretraining values
+    # the windowed alignment needs the alignment level's map divisible by the window
     window = _json(CONFIGS / "pretrain.json")["window"]
-    assert all((side // 16) % window == 0 and side % 16 == 0 for side in sal["patch_size"])
+    level = sal.get("alignment_level", _json(CONFIGS / "pretrain.json")["alignment_level"])
+    assert all(_level_side(side, level) % window == 0 and side % 16 == 0 for side in sal["patch_size"])
+    assert all(_level_side(side, level) >= 12 for side in sal["patch_size"])  # a window holds real structure
 
 
 def test_pretrain_config_defaults():
-    """The documented defaults (methods.md section 2 and CORAL's pretraining schedule)."""
+    """The documented defaults (the model card's table of choices, methods.md section 2 and CORAL's schedule)."""
     cfg = _json(CONFIGS / "pretrain.json")
     assert (cfg["pair_threshold"], cfg["window"], cfg["embed_dim"], cfg["symmetric"]) == (0.1, 2, 128, True)
-    # GP pools the last BatchNorm'd level: from the unnormalised bottleneck, SGD at lr 0.1 diverged (docs/README.md)
-    assert (cfg["gp_weight"], cfg["position_mode"], cfg["alignment_level"], cfg["position_level"]) == (
-        1.0, "relative", -1, -2)
-    assert (cfg["pretrain_learning_rate"], cfg["momentum"], cfg["pretrain_weight_decay"]) == (0.1, 0.9, 1e-5)
+    # LA where a window holds structure (level 3: 44 x 44 at 352), not on the bottleneck, where it collapsed
+    assert (cfg["alignment_level"], cfg["pair_augmentation"], cfg["la_weight"]) == (3, "shared", 1.0)
+    assert [_level_side(side, cfg["alignment_level"]) for side in cfg["patch_size"]] == [44, 44]
+    # GP: contrastive over the pooled bottleneck of all slices of the batch (many subjects), lambda = 1
+    assert (cfg["position_mode"], cfg["position_level"], cfg["gp_weight"]) == ("contrastive", -1, 1.0)
+    assert (cfg["gp_threshold"], cfg["gp_temperature"], cfg["gp_standardize"], cfg["position_dim"]) == (
+        0.1, 0.1, True, 128)
+    # CORAL's SGD schedule at a tenth of its learning rate: at 0.1 the first epoch nearly collapsed (docs/README.md)
+    assert (cfg["pretrain_learning_rate"], cfg["momentum"], cfg["pretrain_weight_decay"]) == (0.01, 0.9, 1e-5)
     assert (cfg["pretrain_epochs"], cfg["pretrain_batch_size"], cfg["patch_size"], cfg["features"]) == (
         300, 32, [352, 352], 48)
-    assert all((side // 16) % cfg["window"] == 0 for side in cfg["patch_size"])
+    assert (cfg["probe_roles"], cfg["probe_volumes"], cfg["probe_interval"]) == (["validation"], 8, 5)
+    assert all(_level_side(side, cfg["alignment_level"]) % cfg["window"] == 0 for side in cfg["patch_size"])
     meta = _json(CONFIGS / "metadata.json")
     assert meta["version"] in meta["changelog"] and "arXiv:2406.15699" in " ".join(meta["references"])
 
@@ -108,14 +135,19 @@ def test_pretrain_and_train_outputs(workspace):
     assert set(pretrained) == {"network", "loss"} and pretrained["loss"] == {}
     prefixes = {k.split(".")[0] for k in pretrained["network"]}
     assert prefixes == {"encoder", "embedding", "position_head"}
-    assert pretrained["network"]["embedding.weight"].shape[:2] == (128, 16 * TINY["features"])  # LA: bottleneck
-    assert pretrained["network"]["position_head.fc1.weight"].shape == (256, 2 * 8 * TINY["features"])  # GP: level 3
+    assert pretrained["network"]["embedding.weight"].shape[:2] == (128, 8 * TINY["features"])  # LA: level 3
+    # GP: a projection of the pooled bottleneck, one slice at a time
+    assert pretrained["network"]["position_head.fc1.weight"].shape == (256, 16 * TINY["features"])
+    assert pretrained["network"]["position_head.fc2.weight"].shape == (128, 256)
     assert len(list((models / "pretrain_checkpoints").glob("checkpoint_epoch=*.pt"))) == 1
     with open(workspace["bundle_root"] / "logs" / "pretrain" / "pretrain_curve.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == TINY["pretrain_epochs"]
-    terms = ("train_loss", "train_la", "train_gp")
-    assert set(terms) <= set(rows[0]) and all(np.isfinite(float(rows[0][k])) for k in terms)
+    # the embedding probe's row before training (epoch 0), then one row per epoch
+    assert [float(r["epoch"]) for r in rows] == [0.0] + [float(e + 1) for e in range(TINY["pretrain_epochs"])]
+    terms = ("train_loss", "train_la", "train_gp", "train_la_cosine")
+    assert set(terms) <= set(rows[1]) and all(np.isfinite(float(rows[1][k])) for k in terms)
+    probe = ("probe_position_r2", "probe_nn_position_error", "probe_cosine_mean", "probe_channel_std")
+    assert all(np.isfinite(float(r[k])) for r in rows for k in probe)
     # fine-tuning saved a plain state dict selected on validation Dice
     model = torch.load(models / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in model.values())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from volssl.losses import GlobalPositionalLoss, LocalAlignmentLoss, SalLoss, windows_to_batch
+from volssl.losses import GlobalPositionalLoss, LocalAlignmentLoss, SalLoss, embedding_cosine, windows_to_batch
 from volssl.networks import PositionalHead, SalPretrainNet2d, UNet2d, with_encoder_weights
 
 
@@ -147,21 +149,98 @@ def test_local_alignment_gradients_match_autograd_through_max(window, symmetric)
 # ---------------------------------------------------------------- global positional
 
 
-def test_global_positional_values_and_errors():
+def test_global_positional_regression_values_and_errors():
     p_i = torch.tensor([0.2, 0.5, 0.9])
     p_j = torch.tensor([0.3, 0.4, 0.9])
     pred = torch.tensor([0.1, 0.0, 0.2])
+    # the earlier form: MSE to the raw offset
     expected = ((0.1 - 0.1) ** 2 + (0.0 + 0.1) ** 2 + 0.2**2) / 3
-    assert float(GlobalPositionalLoss("relative")(pred, p_i, p_j)) == pytest.approx(expected, abs=1e-7)
-    assert float(GlobalPositionalLoss("relative")(pred[:, None], p_i, p_j)) == pytest.approx(expected, abs=1e-7)
-    both = torch.stack([p_i + 0.1, p_j], dim=1)
-    assert float(GlobalPositionalLoss("absolute")(both, p_i, p_j)) == pytest.approx(0.01 / 2, abs=1e-7)
-    with pytest.raises(ValueError, match="absolute"):
+    raw = GlobalPositionalLoss("relative", standardize=False)
+    assert float(raw(pred, p_i, p_j)) == pytest.approx(expected, abs=1e-7)
+    assert float(raw(pred[:, None], p_i, p_j)) == pytest.approx(expected, abs=1e-7)
+    # standardised: the offsets (0.1, -0.1, 0) have root mean square sqrt(2/3) * 0.1, the target is unit-scaled
+    target = torch.tensor([0.1, -0.1, 0.0]) / (0.1 * (2 / 3) ** 0.5)
+    assert float((target**2).mean()) == pytest.approx(1.0, abs=1e-6)
+    rel = GlobalPositionalLoss("relative")
+    assert float(rel(pred, p_i, p_j)) == pytest.approx(float(((pred - target) ** 2).mean()), abs=1e-6)
+    assert float(rel(target, p_i, p_j)) == pytest.approx(0.0, abs=1e-10)
+    # absolute: positions (0.2, 0.5, 0.9, 0.3, 0.4, 0.9) centred and scaled by their root mean square
+    both = torch.stack([p_i, p_j], dim=1)
+    assert float(GlobalPositionalLoss("absolute", standardize=False)(both + 0.1, p_i, p_j)) == pytest.approx(0.01)
+    centred = both - both.mean()
+    standard = centred / centred.pow(2).mean().sqrt()
+    assert float(GlobalPositionalLoss("absolute")(standard, p_i, p_j)) == pytest.approx(0.0, abs=1e-10)
+    with pytest.raises(ValueError, match="relative mode expects"):
         GlobalPositionalLoss("relative")(both, p_i, p_j)
-    with pytest.raises(ValueError, match="relative"):
+    with pytest.raises(ValueError, match="absolute mode expects"):
         GlobalPositionalLoss("absolute")(pred, p_i, p_j)
+    with pytest.raises(ValueError, match="contrastive mode expects"):
+        GlobalPositionalLoss("contrastive")(pred, p_i, p_j)
     with pytest.raises(ValueError, match="mode"):
         GlobalPositionalLoss("ordinal")
+
+
+def _naive_contrastive(z_i, z_j, p_i, p_j, threshold, tau):
+    """SupCon over the 2B projections with positives |p_a - p_b| <= threshold, written out with loops."""
+    z = torch.cat([z_i, z_j])
+    p = torch.cat([p_i, p_j]).tolist()
+    z = z / z.norm(dim=1, keepdim=True)
+    n = z.shape[0]
+    per_anchor = []
+    for a in range(n):
+        others = [k for k in range(n) if k != a]
+        log_den = torch.logsumexp(torch.stack([z[a] @ z[k] / tau for k in others]), 0)
+        pos = [b for b in others if abs(p[a] - p[b]) <= threshold + 1e-9]
+        if pos:
+            per_anchor.append(-torch.stack([z[a] @ z[b] / tau - log_den for b in pos]).mean())
+    return torch.stack(per_anchor).mean()
+
+
+def test_global_positional_contrastive_matches_the_formula():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 2, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    # two subjects: pairs of nearby slices; slices of the other subject at close positions are positives too
+    p_i = torch.tensor([0.1, 0.5, 0.9, 0.12, 0.55, 0.3], dtype=torch.float64)
+    p_j = torch.tensor([0.2, 0.45, 0.85, 0.15, 0.6, 0.3], dtype=torch.float64)
+    loss = GlobalPositionalLoss("contrastive", threshold=0.1, temperature=0.5)(z, p_i, p_j)
+    naive = _naive_contrastive(z[:, 0], z[:, 1], p_i, p_j, 0.1, 0.5)
+    torch.testing.assert_close(loss, naive, rtol=1e-10, atol=1e-12)
+    (grad,) = torch.autograd.grad(loss, z)
+    (naive_grad,) = torch.autograd.grad(_naive_contrastive(z[:, 0], z[:, 1], p_i, p_j, 0.1, 0.5), z)
+    torch.testing.assert_close(grad, naive_grad, rtol=1e-10, atol=1e-12)
+    # a gap of exactly the threshold on the k/S grid is a positive despite float rounding (0.4 - 0.3 > 0.1)
+    edge = GlobalPositionalLoss("contrastive", threshold=0.1)
+    z2 = torch.randn(2, 2, 4, generator=g)
+    a, b = torch.tensor([0.3, 0.8], dtype=torch.float64), torch.tensor([0.4, 0.95], dtype=torch.float64)
+    assert abs(float(b[0] - a[0])) > 0.1  # one pair at t on the k/S grid (above t in float64), one beyond
+    z2 = z2.double()
+    torch.testing.assert_close(edge(z2, a, b), _naive_contrastive(z2[:, 0], z2[:, 1], a, b, 0.1, 0.1))
+    assert float(edge(z2, a, b)) > 0
+    # no positive at all: 0 (still connected to the graph), not NaN
+    assert float(GlobalPositionalLoss("contrastive", threshold=0.05)(z2, a, b)) == 0
+
+
+def test_contrastive_gp_penalises_collapse():
+    """A collapsed projection (all slices alike) costs log(2B - 1); one that separates positions costs less: the
+    repulsion the local alignment loss lacks."""
+    b = 8
+    p_i = torch.linspace(0.05, 0.95, b)
+    p_j = p_i + 0.02
+    loss = GlobalPositionalLoss("contrastive", threshold=0.1, temperature=0.1)
+    collapsed = torch.ones(b, 2, 3)
+    assert float(loss(collapsed, p_i, p_j)) == pytest.approx(math.log(2 * b - 1), rel=1e-6)
+    angle = torch.stack([p_i, p_j], dim=1) * math.pi
+    spread = torch.stack([torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)], dim=2)
+    assert float(loss(spread, p_i, p_j)) < 0.5 * math.log(2 * b - 1)
+
+
+def test_embedding_cosine():
+    x = torch.randn(2, 4, 3, 3)
+    const = torch.ones(2, 4, 3, 3) * torch.tensor([1.0, -2.0, 0.5, 3.0])[None, :, None, None]
+    assert float(embedding_cosine(const, 2 * const)) == pytest.approx(1.0, abs=1e-6)
+    u = F.normalize(torch.cat([x, -x]).transpose(0, 1).reshape(4, -1), dim=0)
+    assert float(embedding_cosine(x, -x)) == pytest.approx(float((u.T @ u).mean()), abs=1e-6)
+    assert float(embedding_cosine(x, -x)) == pytest.approx(0.0, abs=1e-6)  # opposite pairs cancel
 
 
 def _toy_features(p: torch.Tensor, freqs: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
@@ -202,24 +281,25 @@ def test_positional_head_learns_the_sign_of_the_offset():
 # ---------------------------------------------------------------- SalLoss and the network
 
 
-@pytest.mark.parametrize("mode", ["relative", "absolute"])
+@pytest.mark.parametrize("mode", ["contrastive", "relative", "absolute"])
 def test_sal_loss_on_the_network_and_gradients(mode):
     torch.manual_seed(0)
-    net = SalPretrainNet2d(1, features=4, embed_dim=16, position_mode=mode)
+    net = SalPretrainNet2d(1, features=4, embed_dim=16, position_mode=mode, position_dim=8)
     x_i, x_j = torch.randn(3, 1, 32, 32), torch.randn(3, 1, 32, 32)
     out = net(x_i, x_j)
-    assert out["embedding"].shape == out["embedding_2"].shape == (3, 16, 2, 2)
-    assert out["position_pred"].shape == ((3,) if mode == "relative" else (3, 2))
+    assert out["embedding"].shape == out["embedding_2"].shape == (3, 16, 4, 4)  # default level 3: H / 8
+    assert out["position_pred"].shape == {"contrastive": (3, 2, 8), "relative": (3,), "absolute": (3, 2)}[mode]
     p_i, p_j = torch.tensor([0.1, 0.5, 0.8]), torch.tensor([0.2, 0.45, 0.8])
-    loss_fn = SalLoss(window=2, position_mode=mode, gp_weight=0.5)
+    loss_fn = SalLoss(window=2, position_mode=mode, gp_weight=0.5, la_weight=2.0)
     loss = loss_fn(out, p_i, p_j)
     terms = loss_fn.last_terms
-    assert set(terms) == {"loss", "la", "gp"} and not terms["loss"].requires_grad
+    assert set(terms) == {"loss", "la", "gp", "la_cosine"} and not terms["loss"].requires_grad
     la = LocalAlignmentLoss(2)(out["embedding"], out["embedding_2"])
     gp = GlobalPositionalLoss(mode)(out["position_pred"], p_i, p_j)
     torch.testing.assert_close(terms["la"], la.detach())
     torch.testing.assert_close(terms["gp"], gp.detach())
-    torch.testing.assert_close(loss.detach(), la.detach() + 0.5 * gp.detach())
+    torch.testing.assert_close(terms["la_cosine"], embedding_cosine(out["embedding"], out["embedding_2"]))
+    torch.testing.assert_close(loss.detach(), 2.0 * la.detach() + 0.5 * gp.detach())
     loss.backward()
     for part in (net.encoder, net.embedding, net.position_head):
         grads = [p.grad for p in part.parameters()]
@@ -229,10 +309,25 @@ def test_sal_loss_on_the_network_and_gradients(mode):
         loss_fn({"embedding": out["embedding"]}, p_i, p_j)
 
 
+def test_contrastive_head_is_one_mlp_per_slice():
+    torch.manual_seed(0)
+    head = PositionalHead(6, hidden_dim=5, mode="contrastive", out_dim=4)
+    g_i, g_j = torch.randn(3, 6), torch.randn(3, 6)
+    z = head(g_i, g_j)
+    assert z.shape == (3, 2, 4)
+    torch.testing.assert_close(z[:, 0], head._mlp(g_i))
+    torch.testing.assert_close(z[:, 1], head._mlp(g_j))
+    torch.testing.assert_close(head(g_j, g_i), z.flip(1))  # symmetric: no order between the two slices
+
+
 def test_network_levels_and_errors():
     net = SalPretrainNet2d(1, features=4, embed_dim=8, level=2)
     out = net(torch.randn(2, 1, 32, 32), torch.randn(2, 1, 32, 32))
     assert out["embedding"].shape == (2, 8, 8, 8) and net.embedding.in_channels == 16
+    # defaults: LA on level 3 (8f channels), the contrastive GP on the pooled bottleneck (16f)
+    default = SalPretrainNet2d(1, features=4)
+    assert default.embedding.in_channels == 32 and default.position_head.fc1.in_features == 64
+    assert SalPretrainNet2d(1, features=4, level=-1).embedding.in_channels == 64
     with pytest.raises(ValueError, match="level"):
         SalPretrainNet2d(1, features=4, level=5)
     with pytest.raises(ValueError, match="position_mode"):
@@ -241,6 +336,8 @@ def test_network_levels_and_errors():
         net(torch.randn(2, 1, 32, 32), torch.randn(2, 1, 16, 16))
     with pytest.raises(ValueError, match="gp_weight"):
         SalLoss(gp_weight=-1)
+    with pytest.raises(ValueError, match="la_weight"):
+        SalLoss(la_weight=-1)
 
 
 def test_unet_loads_the_encoder_from_a_sal_checkpoint(tmp_path):

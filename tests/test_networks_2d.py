@@ -286,7 +286,8 @@ def test_width_mismatch_names_file(tmp_path: Path) -> None:
 def test_missing_and_bad_files(tmp_path: Path) -> None:
     net = UNet2d(1, 4, features=8)
     missing = tmp_path / "nope.pt"
-    with pytest.raises(VolsslInputError, match=r"nope\.pt: checkpoint file not found"):
+    hint = r"nope\.pt: pretrained encoder checkpoint not found: run configs/pretrain.json first"
+    with pytest.raises(VolsslInputError, match=hint):
         load_encoder_weights(net, missing)
     with pytest.raises(ValueError):  # VolsslInputError is a ValueError
         with_encoder_weights(net, missing)

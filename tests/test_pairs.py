@@ -148,6 +148,43 @@ def test_batches_collate_into_plain_tensors_and_views_are_independent():
     assert not torch.allclose(single["image"], single["image_2"])
 
 
+def test_shared_augmentation_gives_both_slices_one_draw():
+    """shared_augmentation: one crop, flip and spatial draw for the pair, so the two slices stay in register (what
+    the windowed local alignment compares); the default draws once per slice."""
+    entries = _entries((12,))
+    ramp = np.linspace(0.0, 1.0, 16, dtype=np.float32)
+    entries[0]["image"] = entries[0]["image"] + ramp[None, :, None, None] * 10 + ramp[None, None, :, None] * 3
+    crop = dict(patch_size=(12, 12), prob_spatial=0.0)  # crop + flips: exact, no interpolation
+    shared = SlicePairDataset(entries, threshold=0.5, seed=0, shared_augmentation=True,
+                              slice_transform=pretrain_view_transform(keys=("image", "image_2"), **crop))
+    own = SlicePairDataset(entries, threshold=0.5, seed=0, slice_transform=pretrain_view_transform(**crop))
+    in_register = {True: 0, False: 0}
+    for ds, is_shared in ((shared, True), (own, False)):
+        for n in range(len(ds)):
+            item = ds[n]
+            # slices of one volume differ by a constant (their index): in register, the difference is that constant
+            diff = item["image_2"] - item["image"]
+            in_register[is_shared] += bool(torch.allclose(diff, diff.flatten()[0].expand_as(diff), atol=1e-4))
+            assert type(item["image"]) is torch.Tensor and type(item["image_2"]) is torch.Tensor
+            assert item["image"].shape == item["image_2"].shape == (1, 12, 12)
+    assert in_register[True] == len(shared)
+    assert in_register[False] < len(own) // 2  # independent crops and flips rarely coincide
+
+
+def test_batches_hold_pairs_from_many_volumes():
+    """A shuffled batch of B pairs mixes volumes: about V (1 - (1 - 1/V)^B) of V equal volumes (the cross-subject
+    global positional loss needs slices of many subjects in one batch)."""
+    counts = (20,) * 30
+    ds = _dataset(0.1, counts=counts, seed=0)
+    set_determinism(seed=0)
+    batches = list(DataLoader(ds, batch_size=16, shuffle=True, num_workers=0, drop_last=True))
+    distinct = [len(set(b["volume_index"].tolist())) for b in batches]
+    expected = 30 * (1 - (1 - 1 / 30) ** 16)  # 12.4
+    assert abs(np.mean(distinct) - expected) < 1.0 and min(distinct) >= 8
+    for b in batches:  # every pair stays within its volume
+        assert torch.equal(b["image"][:, 0, -1, 0] // 1000, b["image_2"][:, 0, -1, 0] // 1000)
+
+
 def _epoch(ds) -> list[torch.Tensor]:
     loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=0)
     out = []
@@ -203,7 +240,7 @@ def test_slice_pair_step_trains_the_network():
     trainer.run()
     assert len(outputs) == 2
     for out in outputs:
-        assert {"loss", "la", "gp"} <= set(out) and np.isfinite(float(out["loss"]))
+        assert {"loss", "la", "gp", "la_cosine"} <= set(out) and np.isfinite(float(out["loss"]))
         assert float(out["loss"]) == pytest.approx(out["la"] + out["gp"], rel=1e-5)
     changed = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
     assert any(k.startswith("encoder.") for k in changed)

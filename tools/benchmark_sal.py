@@ -4,7 +4,7 @@ Each (feature-map size, r) pair is measured in a fresh Python subprocess, so tha
 allocator caches and warm-up cannot leak into the next. Inside the worker:
 
 - inputs: two embedded feature maps (B, c, H, W) with ``requires_grad`` (B = 16 pairs and c = 128 channels by default,
-  the SAL defaults; H = W = 22 is the bottleneck of a 352 x 352 ACDC patch, 44 the level above);
+  the SAL defaults; H = W = 44 is level 3 of a 352 x 352 ACDC patch, where SAL aligns by default, 22 the bottleneck);
 - time: ``warmup`` untimed calls, then timed forward + backward calls (gradients reset each time): ``repeats`` of
   them, or more for fast calls so that the timed window lasts at least ``min_seconds``; the median (and the minimum)
   is reported (on CUDA, with ``torch.cuda.synchronize`` around each call);

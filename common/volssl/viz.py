@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_learning_curves", "plot_overlay"]
+__all__ = ["plot_embeddings", "plot_learning_curves", "plot_overlay"]
 
 
 def _pyplot():
@@ -21,22 +21,35 @@ def _pyplot():
 
 def plot_learning_curves(rows: Sequence[dict], path) -> Path:
     """Plot every column of ``rows`` (dicts with an ``epoch`` key) against the epoch: losses on the left, validation
-    metrics on the right. Returns the PNG path."""
+    metrics next, embedding-probe diagnostics (``probe_*`` columns, :class:`volssl.engines.EmbeddingProbe`) last.
+    Returns the PNG path."""
     plt = _pyplot()
     path = Path(path)
     epochs = [r["epoch"] for r in rows]
     train = sorted({k for r in rows for k in r if k.startswith("train_")})
     val = sorted({k for r in rows for k in r if k.startswith("val_")})
-    fig, axes = plt.subplots(1, 2 if val else 1, figsize=(10 if val else 5, 3.5), squeeze=False)
+    probe = sorted({k for r in rows for k in r if k.startswith("probe_")})
+    panels = 1 + bool(val) + bool(probe)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
     for key in train:
         axes[0, 0].plot(epochs, [r.get(key, np.nan) for r in rows], label=key[len("train_") :])
     axes[0, 0].set(xlabel="epoch", ylabel="training loss", title="training")
-    axes[0, 0].legend(fontsize=8)
+    if train:  # a row written before the first epoch (e.g. a probe at epoch 0) has no loss yet
+        axes[0, 0].legend(fontsize=8)
     if val:
         for key in val:
             axes[0, 1].plot(epochs, [r.get(key, np.nan) for r in rows], marker="o", label=key[len("val_") :])
         axes[0, 1].set(xlabel="epoch", ylabel="metric", title="validation")
         axes[0, 1].legend(fontsize=8)
+    if probe:
+        ax = axes[0, -1]
+        for key in probe:
+            # the probe runs every few epochs: plot only the epochs that have a value
+            points = [(r["epoch"], r[key]) for r in rows if key in r and r[key] == r[key]]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=key[len("probe_") :])
+        ax.set(xlabel="epoch", ylabel="value", title="embedding probe")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -89,6 +102,50 @@ def plot_overlay(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.06 if present else 0, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_embeddings(
+    points: np.ndarray,
+    positions: np.ndarray,
+    volumes: np.ndarray,
+    path,
+    title: str = "",
+    xlabel: str = "PC 1",
+    ylabel: str = "PC 2",
+) -> Path:
+    """Scatter 2D projections of slice embeddings coloured by slice position, with one thin line per volume joining
+    its slices in position order (a well-organised embedding shows parallel lines with the same colour gradient).
+
+    Args:
+        points: (N, 2) projected embeddings (e.g. :func:`volssl.metrics.embeddings.project_2d`).
+        positions: (N,) normalised slice positions (the colour).
+        volumes: (N,) volume ids (one line per id).
+        path: the PNG to write.
+        title: figure title.
+        xlabel, ylabel: axis labels.
+
+    Returns:
+        the PNG path.
+    """
+    plt = _pyplot()
+    path = Path(path)
+    points = np.asarray(points, dtype=float)
+    positions = np.asarray(positions, dtype=float).reshape(-1)
+    volumes = np.asarray(volumes).reshape(-1)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for vol in dict.fromkeys(volumes.tolist()):
+        idx = np.flatnonzero(volumes == vol)
+        idx = idx[np.argsort(positions[idx], kind="stable")]
+        ax.plot(points[idx, 0], points[idx, 1], color="0.6", linewidth=0.6, zorder=1)
+    sc = ax.scatter(points[:, 0], points[:, 1], c=positions, cmap="viridis", s=12, vmin=0.0, vmax=1.0, zorder=2)
+    fig.colorbar(sc, ax=ax, label="slice position p")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

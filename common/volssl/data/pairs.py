@@ -7,8 +7,12 @@ random from the SAME volume within the position threshold ``t``::
     |p_i - p_j| <= t,   j != i,   p = (index + 1) / S
 
 The anchor and the partner go through ``slice_transform`` independently (two successive random draws), e.g.
-:func:`volssl.data.augment.pretrain_view_transform`. Shuffling the items in a ``DataLoader`` gives batches of pairs
-from several volumes, each pair from one volume.
+:func:`volssl.data.augment.pretrain_view_transform`; with ``shared_augmentation=True`` the transform is applied once
+to the pair (keys ``image`` and ``image_2``), so both slices get the same crop, flips and spatial transform and a
+location of one slice still faces the same location of the other (what SAL's windowed local alignment compares).
+Shuffling the items in a ``DataLoader`` gives batches of pairs from many volumes, each pair from one volume: with V
+volumes of about equal size, a batch of B pairs holds about ``V (1 - (1 - 1/V)^B)`` different volumes (25 of 62 for
+B = 32), which the cross-subject global positional loss of SAL relies on.
 
 Volumes where no other slice lies within ``t`` (``t < 1/S``, or ``S == 1``) are paired as follows (the dataset warns
 once, at construction, with the number of such volumes):
@@ -102,7 +106,9 @@ class SlicePairDataset(SliceDataset, Randomizable):
         data: the volume entries (see :class:`~volssl.data.slices.SliceDataset`).
         volume_transform: deterministic per-volume transform.
         slice_transform: per-slice transform (usually random), applied to the anchor and to the partner separately;
-            it must return one dict.
+            it must return one dict. With ``shared_augmentation``: applied once to the pair dict, so it must transform
+            ``key`` and ``key + "_2"`` for every key in ``keys`` (e.g. ``pretrain_view_transform(keys=["image",
+            "image_2"])``: MONAI's dictionary transforms draw once per call for all their keys).
         threshold: ``t``, the largest position difference ``|p_i - p_j|`` of a pair (0.1 by default).
         slice_axis: the spatial axis to slice along.
         cache: keep the preprocessed slices in memory.
@@ -115,6 +121,8 @@ class SlicePairDataset(SliceDataset, Randomizable):
         case_key: where to store the case name (see :class:`~volssl.data.slices.SliceDataset`).
         progress: show a progress bar while caching.
         seed: seed of the partner draws and of ``slice_transform`` (:meth:`set_random_state`); ``None``: unseeded.
+        shared_augmentation: one draw of ``slice_transform`` for both slices of a pair (see above), instead of one
+            each.
 
     Raises:
         ValueError: ``threshold`` outside [0, 1].
@@ -138,6 +146,7 @@ class SlicePairDataset(SliceDataset, Randomizable):
         case_key: str | None = CASE_KEY,
         progress: bool = False,
         seed: int | None = None,
+        shared_augmentation: bool = False,
     ) -> None:
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be a normalised position difference in [0, 1], got {threshold}.")
@@ -157,6 +166,7 @@ class SlicePairDataset(SliceDataset, Randomizable):
             progress=progress,
         )
         self.threshold = float(threshold)
+        self.shared_augmentation = bool(shared_augmentation)
         # an instance RNG (Randomizable's class-level default would be shared by every instance)
         self.R = np.random.RandomState()
         if seed is not None:
@@ -227,14 +237,20 @@ class SlicePairDataset(SliceDataset, Randomizable):
     def _transform(self, index: int) -> dict:
         volume, anchor = self.index[index]
         partner = self.randomize((volume, anchor))
-        first = self._augment(self.get_slice(volume, anchor))
-        second = self._augment(self.get_slice(volume, partner))
+        first = self.get_slice(volume, anchor)
+        second = self.get_slice(volume, partner)
+        if not self.shared_augmentation:
+            first, second = self._augment(first), self._augment(second)
         out = dict(first)
         for key in self.keys:
-            if key in first:
-                out[key] = self._plain(first[key])
             if key in second:
-                out[f"{key}{PAIR_SUFFIX}"] = self._plain(second[key])
+                out[f"{key}{PAIR_SUFFIX}"] = second[key]
         out[f"{POSITION_KEY}{PAIR_SUFFIX}"] = second[POSITION_KEY]
         out[f"{SLICE_INDEX_KEY}{PAIR_SUFFIX}"] = second[SLICE_INDEX_KEY]
+        if self.shared_augmentation:
+            out = self._augment(out)  # one draw for both slices
+        for key in self.keys:
+            for name in (key, f"{key}{PAIR_SUFFIX}"):
+                if name in out:
+                    out[name] = self._plain(out[name])
         return out

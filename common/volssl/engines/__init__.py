@@ -12,9 +12,10 @@ __all__ = [
     "latest_checkpoint",
 ]
 
+from .probe import EmbeddingProbe  # noqa: E402
 from .sal import SlicePairStep  # noqa: E402
 
-__all__ += ["SlicePairStep"]
+__all__ += ["EmbeddingProbe", "SlicePairStep"]
 
 from .semi_supervised import CRLNStep, ema_decay, ema_update_, make_teacher  # noqa: E402
 

@@ -195,10 +195,11 @@ class LearningCurveWriter:
     """Record per-epoch scalars and write ``<name>.csv`` and ``<name>.png`` (learning curves) in ``output_dir``.
 
     Records the mean of the trainer's scalar outputs over each epoch (``loss`` and any loss terms) and, if an
-    ``evaluator`` is given (or a list of them, e.g. one per network scored), its metrics after each validation. The
-    CSV is rewritten after every epoch, so an interrupted run keeps its curve; a resumed run appends to the existing
-    CSV. The PNG is redrawn at most every ``png_interval_s`` seconds and at the end of the run (drawing it costs about
-    as much as a few training iterations of the CPU-sized configs, so redrawing it after every short epoch slowed
+    ``evaluator`` is given (or a list of them, e.g. one per network scored), its metrics after each validation. Other
+    handlers add columns to an epoch's row with :meth:`record` (e.g. :class:`volssl.engines.EmbeddingProbe`). The CSV
+    is rewritten after every epoch, so an interrupted run keeps its curve; a resumed run appends to the existing CSV.
+    The PNG is redrawn at most every ``png_interval_s`` seconds and at the end of the run (drawing it costs about as
+    much as a few training iterations of the CPU-sized configs, so redrawing it after every short epoch slowed
     training measurably).
 
     Args:
@@ -228,6 +229,7 @@ class LearningCurveWriter:
         self._sums: dict[str, float] = {}
         self._count = 0
         self._last_png = -float("inf")
+        self._extra: dict[float, dict[str, float]] = {}  # recorded for an epoch whose row is not written yet
 
     def attach(self, engine: Engine) -> None:
         csv_path = self.output_dir / f"{self.name}.csv"
@@ -259,9 +261,27 @@ class LearningCurveWriter:
                 continue
             metrics = {k: v for k, v in evaluator.state.metrics.items() if _is_number(v)}
             row.update({(k if k.startswith("val_") else f"val_{k}"): float(v) for k, v in metrics.items()})
+        row.update(self._extra.pop(row["epoch"], {}))
         self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
         self._sums, self._count = {}, 0
         self.write(png=time.monotonic() - self._last_png >= self.png_interval_s)
+
+    def record(self, epoch: int, values: Mapping[str, float]) -> None:
+        """Add ``values`` (column -> number) to the row of ``epoch``, whether that row is written already (the file is
+        then rewritten) or not (the values join it when the epoch ends). Epoch 0 (before training) gets a row of
+        its own."""
+        epoch_key = float(epoch)
+        values = {str(k): float(v) for k, v in values.items()}
+        for row in self.rows:
+            if row.get("epoch") == epoch_key:
+                row.update(values)
+                self.write()
+                return
+        if epoch_key == 0.0:
+            self.rows = [{"epoch": 0.0, **values}] + self.rows
+            self.write()
+            return
+        self._extra.setdefault(epoch_key, {}).update(values)
 
     def write(self, png: bool = True) -> None:
         """Rewrite the CSV and, with ``png``, the PNG."""

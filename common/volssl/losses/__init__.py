@@ -19,9 +19,15 @@ __all__ = [
     "supcon_from_positives",
 ]
 
-from .alignment import GlobalPositionalLoss, LocalAlignmentLoss, SalLoss, windows_to_batch  # noqa: E402
+from .alignment import (  # noqa: E402
+    GlobalPositionalLoss,
+    LocalAlignmentLoss,
+    SalLoss,
+    embedding_cosine,
+    windows_to_batch,
+)
 
-__all__ += ["GlobalPositionalLoss", "LocalAlignmentLoss", "SalLoss", "windows_to_batch"]
+__all__ += ["GlobalPositionalLoss", "LocalAlignmentLoss", "SalLoss", "embedding_cosine", "windows_to_batch"]
 
 from .crln import ConfidenceWeightedCELoss, CPSLoss, CRLNSupervisedLoss  # noqa: E402
 

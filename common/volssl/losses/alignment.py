@@ -1,7 +1,8 @@
 """SAL's pretraining objective: local alignment (LA / windowed WLA) plus a global positional (GP) loss.
 
 SAL (self-supervised alignment learning, arXiv 2406.15699) has no public code; these losses are a reconstruction
-from the paper's description (see ``shared/docs/methods.md``, section 2). The network side (the 1x1 embedding and the
+from the paper's description (see ``shared/docs/methods.md``, section 2, and the SAL bundle's model card, which labels
+each choice as read from the paper, from its figure, or ours). The network side (the 1x1 embedding and the global
 positional head) is :class:`volssl.networks.SalPretrainNet2d`.
 """
 
@@ -13,9 +14,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LocalAlignmentLoss", "GlobalPositionalLoss", "SalLoss", "windows_to_batch"]
+from ._pairwise import cosine_logits, off_diagonal, position_distances
+from .supcon import supcon_from_positives
 
-_POSITION_MODES = ("relative", "absolute")
+__all__ = [
+    "POSITION_MODES",
+    "GlobalPositionalLoss",
+    "LocalAlignmentLoss",
+    "SalLoss",
+    "embedding_cosine",
+    "windows_to_batch",
+]
+
+POSITION_MODES = ("contrastive", "relative", "absolute")
+"""The forms of the global positional loss (see :class:`GlobalPositionalLoss`)."""
+
+# positions are k/S: a gap of exactly the threshold must count as within it despite float rounding
+_POSITION_TOLERANCE = 1e-6
 
 
 def windows_to_batch(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -164,36 +179,94 @@ class LocalAlignmentLoss(nn.Module):
 
 
 class GlobalPositionalLoss(nn.Module):
-    """SAL's global positional loss (its exact form is not public; this is our documented default).
+    """SAL's global positional (GP) loss. The paper says only that it uses the slices' relative positions for global
+    consistency, and its Fig. 1 shows slices of two subjects and four kinds of pairs; the exact form is not public.
+    Three forms are implemented (the bundle's model card argues the choice and ablates it):
 
-    - ``"relative"`` (default): the head predicts the signed offset of the pair, ``L_GP = mean_b (d_hat_b -
-      (p_j,b - p_i,b))^2``; prediction (B,) (or (B, 1)).
-    - ``"absolute"``: the head predicts each slice's position, ``L_GP = mean over the 2B slices of (p_hat - p)^2``;
-      prediction (B, 2) holding ``(p_i_hat, p_j_hat)``.
+    - ``"contrastive"`` (default): a supervised-contrastive (SupCon) loss over the projected pooled features of all
+      2B slices of the batch, from many volumes, with positives by close relative position, as in PCL. With
+      ``z`` the 2B projections (both slices of every pair), ``s_ab = cos(z_a, z_b) / tau`` and the positives
+      ``P(a) = {b != a : |p_a - p_b| <= threshold}`` (slices of the same or of another subject; the partner of a pair
+      within ``threshold`` is one)::
+
+          L_GP = (tau / base_tau) * mean_{a : P(a) != {}} -1/|P(a)| sum_{b in P(a)} log(exp(s_ab) / D_a),
+          D_a  = sum_{k != a} exp(s_ak)
+
+      Every other slice of the batch is in the denominator, which pushes apart slices at distant positions: the
+      repulsion that the local alignment lacks. Prediction: (B, 2, D), the projections of ``(S_i, S_j)``.
+      ``<= threshold`` (with a 1e-6 tolerance, as the pairing rule of :class:`volssl.data.SlicePairDataset`) differs
+      from PCL's strict ``<``, so that a pair's partner is always a positive.
+    - ``"relative"``: the head predicts the signed offset of the pair, ``L_GP = mean_b (d_hat_b - (p_j,b - p_i,b) /
+      s)^2``; prediction (B,) (or (B, 1)). With ``standardize`` (default) ``s`` is the root mean square of the batch's
+      offsets (a constant of the batch, no gradient), so the target has unit mean square whatever the threshold; the
+      earlier reconstruction used ``s = 1``: offsets within ``t = 0.1`` then have a mean square of about 0.004 and
+      the term's gradient is negligible.
+    - ``"absolute"``: the head predicts each slice's position, ``L_GP = mean over the 2B slices of (p_hat - (p - m) /
+      s)^2`` with the batch's mean ``m`` and standard deviation ``s`` of the 2B positions when ``standardize`` (else
+      ``m = 0, s = 1``); prediction (B, 2) holding ``(p_i_hat, p_j_hat)``.
 
     Args:
-        mode: ``"relative"`` or ``"absolute"`` (must match the network's ``position_mode``).
+        mode: ``"contrastive"``, ``"relative"`` or ``"absolute"`` (must match the network's ``position_mode``).
+        threshold: the position gap of a positive (contrastive mode).
+        temperature: ``tau`` (contrastive mode).
+        base_temperature: ``base_tau``; ``None`` means ``tau`` (factor 1; PCL's released code has 0.07).
+        standardize: standardise the regression target (relative and absolute modes).
 
     Raises:
-        ValueError: an unknown ``mode``.
+        ValueError: an unknown ``mode``, a negative ``threshold`` or a non-positive temperature.
     """
 
-    def __init__(self, mode: str = "relative") -> None:
+    def __init__(
+        self,
+        mode: str = "contrastive",
+        threshold: float = 0.1,
+        temperature: float = 0.1,
+        base_temperature: float | None = None,
+        standardize: bool = True,
+    ) -> None:
         super().__init__()
-        if mode not in _POSITION_MODES:
-            raise ValueError(f"mode must be one of {_POSITION_MODES}, got {mode!r}.")
+        if mode not in POSITION_MODES:
+            raise ValueError(f"mode must be one of {POSITION_MODES}, got {mode!r}.")
+        if threshold < 0:
+            raise ValueError(f"threshold must be non-negative, got {threshold}.")
+        if temperature <= 0 or (base_temperature is not None and base_temperature <= 0):
+            raise ValueError(f"temperatures must be positive, got {temperature}, {base_temperature}.")
         self.mode = mode
+        self.threshold = float(threshold)
+        self.temperature = float(temperature)
+        self.base_temperature = float(temperature if base_temperature is None else base_temperature)
+        self.standardize = bool(standardize)
+
+    def _contrastive(self, pred: torch.Tensor, p_i: torch.Tensor, p_j: torch.Tensor) -> torch.Tensor:
+        b = p_i.numel()
+        if pred.ndim != 3 or pred.shape[:2] != (b, 2):
+            raise ValueError(
+                f"contrastive mode expects projections of shape ({b}, 2, D), got {list(pred.shape)} "
+                "(is the network's position_mode a regression mode?)."
+            )
+        z = torch.cat([pred[:, 0], pred[:, 1]], dim=0)  # (2B, D): all first slices, then all second slices
+        p = torch.cat([p_i, p_j])
+        logits = off_diagonal(cosine_logits(z, self.temperature))
+        positives = off_diagonal(position_distances(p)) <= self.threshold + _POSITION_TOLERANCE
+        return (self.temperature / self.base_temperature) * supcon_from_positives(logits, positives)
+
+    def _scale(self, values: torch.Tensor) -> torch.Tensor:
+        """Root mean square of ``values`` (1 when all are 0, or when not standardising)."""
+        if not self.standardize:
+            return torch.ones((), dtype=values.dtype, device=values.device)
+        rms = values.pow(2).mean().sqrt()
+        return torch.where(rms > 0, rms, torch.ones_like(rms))
 
     def forward(self, prediction: torch.Tensor, positions: torch.Tensor, positions_2: torch.Tensor) -> torch.Tensor:
         """
         Args:
-            prediction: (B,) or (B, 1) predicted offsets (``"relative"``), or (B, 2) predicted positions
-                (``"absolute"``).
+            prediction: (B, 2, D) projections (``"contrastive"``), (B,) or (B, 1) predicted offsets
+                (``"relative"``), or (B, 2) predicted positions (``"absolute"``).
             positions: positions ``p_i`` of the first slices, (B,) (or any shape with B elements).
             positions_2: positions ``p_j`` of the second slices, (B,).
 
         Returns:
-            0-dim tensor, the mean squared error (float32, or float64 for float64 predictions).
+            0-dim tensor (float32, or float64 for float64 predictions).
 
         Raises:
             ValueError: the prediction's shape does not fit the mode or the batch.
@@ -205,63 +278,104 @@ class GlobalPositionalLoss(nn.Module):
             raise ValueError(f"positions and positions_2 differ in size: {p_i.numel()} and {p_j.numel()}.")
         pred = prediction.to(dtype)
         b = p_i.numel()
+        if self.mode == "contrastive":
+            return self._contrastive(pred, p_i, p_j)
         if self.mode == "relative":
             if pred.shape not in ((b,), (b, 1)):
                 raise ValueError(
                     f"relative mode expects a prediction of shape ({b},) or ({b}, 1), got {list(pred.shape)} "
-                    "(is the network's position_mode 'absolute'?)."
+                    "(is the network's position_mode another one?)."
                 )
-            return F.mse_loss(pred.reshape(-1), p_j - p_i)
+            offset = p_j - p_i
+            return F.mse_loss(pred.reshape(-1), offset / self._scale(offset))
         if pred.shape != (b, 2):
             raise ValueError(
                 f"absolute mode expects a prediction of shape ({b}, 2), got {list(pred.shape)} "
-                "(is the network's position_mode 'relative'?)."
+                "(is the network's position_mode another one?)."
             )
-        return F.mse_loss(pred, torch.stack([p_i, p_j], dim=1))
+        both = torch.stack([p_i, p_j], dim=1)
+        centre = both.mean() if self.standardize else torch.zeros((), dtype=dtype, device=both.device)
+        return F.mse_loss(pred, (both - centre) / self._scale(both - centre))
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}"
+        if self.mode == "contrastive":
+            return f"mode={self.mode!r}, threshold={self.threshold}, temperature={self.temperature}"
+        return f"mode={self.mode!r}, standardize={self.standardize}"
+
+
+def embedding_cosine(*maps: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity between the per-location embeddings of feature maps, all locations of all maps pooled.
+
+    With ``u_k`` the L2-normalised embedding of location ``k`` (over channels) and ``M`` locations in all,
+    ``|mean_k u_k|^2 = 1/M^2 sum_{k,l} cos(u_k, u_l)``: the mean over all pairs (self-pairs included, a 1/M bias),
+    in O(M) instead of O(M^2). 1 when every location of every slice embeds to the same direction: the collapse the
+    local alignment loss alone drifts into (its global minimum).
+
+    Args:
+        maps: feature maps (B, c, H, W) of the same channel count.
+
+    Returns:
+        0-dim tensor, detached, in [0, 1].
+    """
+    with torch.no_grad():
+        units = [F.normalize(m.detach().float(), dim=1).transpose(0, 1).reshape(m.shape[1], -1) for m in maps]
+        u = torch.cat(units, dim=1)
+        return u.mean(dim=1).pow(2).sum()
 
 
 class SalLoss(nn.Module):
-    """SAL loss: ``L = L_LA + gp_weight * L_GP`` (``lambda = 1`` by default).
+    """SAL loss: ``L = la_weight * L_LA + gp_weight * L_GP`` (both weights 1 by default: ``L = L_LA + lambda L_GP``
+    with ``lambda = 1``).
 
     Takes the output dict of :class:`volssl.networks.SalPretrainNet2d` (the embedded maps of both slices and the
-    positional prediction) and the two slices' positions. See :class:`LocalAlignmentLoss` and
-    :class:`GlobalPositionalLoss` for the terms. The loss has no parameters (the embedding and the positional head
-    are in the network).
+    global positional output) and the two slices' positions. See :class:`LocalAlignmentLoss` and
+    :class:`GlobalPositionalLoss` for the terms. The loss has no parameters (the embedding and the heads are in the
+    network).
 
-    After each call, ``last_terms`` holds detached 0-dim tensors ``{"loss", "la", "gp"}`` for logging.
+    After each call, ``last_terms`` holds detached 0-dim tensors for logging: ``loss``, ``la``, ``gp`` and
+    ``la_cosine`` (:func:`embedding_cosine` of the LA embeddings of both slices: it rises to 1 when the alignment
+    embedding collapses, even while the encoder does not).
 
     Args:
         window: ``r`` of the windowed local alignment (1: full LA; default 2).
         symmetric: symmetric local alignment.
-        position_mode: ``"relative"`` or ``"absolute"``, as the network's ``position_mode``.
+        position_mode: ``"contrastive"``, ``"relative"`` or ``"absolute"``, as the network's ``position_mode``.
         gp_weight: ``lambda``, the weight of the positional term (0 disables it).
+        la_weight: the weight of the local alignment term (0 disables it; for ablations).
+        gp_threshold: position gap of a positive in the contrastive GP.
+        gp_temperature: temperature of the contrastive GP.
+        gp_standardize: standardise the regression target of the relative/absolute GP.
         embedding_key: output key of the first slice's embedded map.
         embedding_2_key: output key of the second slice's embedded map.
-        position_pred_key: output key of the positional prediction.
+        position_pred_key: output key of the positional output.
 
     Raises:
-        ValueError: bad ``window`` or ``position_mode``, or a negative ``gp_weight``.
+        ValueError: bad ``window``, ``position_mode`` or GP settings, or a negative weight.
     """
 
     def __init__(
         self,
         window: int = 2,
         symmetric: bool = True,
-        position_mode: str = "relative",
+        position_mode: str = "contrastive",
         gp_weight: float = 1.0,
+        la_weight: float = 1.0,
+        gp_threshold: float = 0.1,
+        gp_temperature: float = 0.1,
+        gp_standardize: bool = True,
         embedding_key: str = "embedding",
         embedding_2_key: str = "embedding_2",
         position_pred_key: str = "position_pred",
     ) -> None:
         super().__init__()
-        if gp_weight < 0:
-            raise ValueError(f"gp_weight must be non-negative, got {gp_weight}.")
+        if gp_weight < 0 or la_weight < 0:
+            raise ValueError(f"gp_weight and la_weight must be non-negative, got {gp_weight} and {la_weight}.")
         self.local = LocalAlignmentLoss(window=window, symmetric=symmetric)
-        self.positional = GlobalPositionalLoss(mode=position_mode)
+        self.positional = GlobalPositionalLoss(
+            mode=position_mode, threshold=gp_threshold, temperature=gp_temperature, standardize=gp_standardize
+        )
         self.gp_weight = float(gp_weight)
+        self.la_weight = float(la_weight)
         self.embedding_key = embedding_key
         self.embedding_2_key = embedding_2_key
         self.position_pred_key = position_pred_key
@@ -272,13 +386,14 @@ class SalLoss(nn.Module):
     ) -> torch.Tensor:
         """
         Args:
-            output: the network's output dict: embedded maps (B, c, H, W) of both slices and the positional
-                prediction ((B,) relative, (B, 2) absolute).
+            output: the network's output dict: embedded maps (B, c, H, W) of both slices and the positional output
+                ((B, 2, D) contrastive, (B,) relative, (B, 2) absolute).
             positions: ``p_i``, (B,).
             positions_2: ``p_j``, (B,).
 
         Returns:
-            0-dim tensor, the total loss; the parts are in ``last_terms``.
+            0-dim tensor, the total loss; the parts are in ``last_terms``. Both terms are always computed (and
+            logged), also at weight 0.
 
         Raises:
             ValueError: a key is missing from ``output``, or a shape is wrong (see the two terms).
@@ -287,11 +402,17 @@ class SalLoss(nn.Module):
         missing = [k for k in needed if k not in output]
         if missing:
             raise ValueError(f"the network output lacks {missing}; it has keys {sorted(output)}.")
-        la = self.local(output[self.embedding_key], output[self.embedding_2_key])
+        emb_i, emb_j = output[self.embedding_key], output[self.embedding_2_key]
+        la = self.local(emb_i, emb_j)
         gp = self.positional(output[self.position_pred_key], positions, positions_2)
-        total = la + self.gp_weight * gp.to(la.dtype)
-        self.last_terms = {"loss": total.detach(), "la": la.detach(), "gp": gp.detach()}
+        total = self.la_weight * la + self.gp_weight * gp.to(la.dtype)
+        self.last_terms = {
+            "loss": total.detach(),
+            "la": la.detach(),
+            "gp": gp.detach(),
+            "la_cosine": embedding_cosine(emb_i, emb_j),
+        }
         return total
 
     def extra_repr(self) -> str:
-        return f"gp_weight={self.gp_weight}"
+        return f"la_weight={self.la_weight}, gp_weight={self.gp_weight}"

@@ -1,4 +1,7 @@
-"""Segmentation metrics: per-case 3D Dice/Jaccard/HD95/ASD, pooled-over-slices 2D Dice, folder evaluation."""
+"""Segmentation metrics: per-case 3D Dice/Jaccard/HD95/ASD, pooled-over-slices 2D Dice, folder evaluation.
+
+The embedding diagnostics of slice encoders (position probe, collapse) are in :mod:`volssl.metrics.embeddings`.
+"""
 
 from .evaluate import (
     PER_CASE_COLUMNS,

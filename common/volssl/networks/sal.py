@@ -1,14 +1,18 @@
-"""The SAL pretraining network: PCL's 2D encoder, a 1x1 embedding for local alignment and a positional head.
+"""The SAL pretraining network: PCL's 2D encoder, a 1x1 embedding for local alignment and a global positional head.
 
-SAL (self-supervised alignment learning, arXiv 2406.15699) has no public code; this is a reconstruction. A pair of
-nearby slices ``(S_i, S_j)`` of one volume goes through the shared :class:`~volssl.networks.UNetEncoder2d`:
+SAL (self-supervised alignment learning, arXiv 2406.15699) has no public code; this is a reconstruction (the SAL
+bundle's model card labels each choice). A pair of nearby slices ``(S_i, S_j)`` of one volume goes through the shared
+:class:`~volssl.networks.UNetEncoder2d`:
 
-- local alignment: the level-``level`` feature maps (default the bottleneck) go through a 1x1 conv embedding ``E``;
-  :class:`volssl.losses.LocalAlignmentLoss` L2-normalises them per location and aligns them;
-- global position: the level-``position_level`` feature maps (default the bottleneck) are globally average-pooled
-  and a small MLP (:class:`PositionalHead`) predicts the signed offset ``p_j - p_i`` from the concatenated pooled
-  features (``"relative"``, the default), or each slice's own position ``p`` (``"absolute"``);
-  :class:`volssl.losses.GlobalPositionalLoss` regresses it with an MSE.
+- local alignment: the level-``level`` feature maps go through a 1x1 conv embedding ``E``;
+  :class:`volssl.losses.LocalAlignmentLoss` L2-normalises them per location and aligns them. The level is chosen so
+  that a window holds real structure (level 3, 44 x 44 for a 352 x 352 patch; level 2, 16 x 16 for 64 x 64), not
+  the bottleneck, whose few locations each see more than the slice;
+- global position: the level-``position_level`` feature maps (default the bottleneck) are globally average-pooled and
+  a small MLP (:class:`PositionalHead`) projects each slice for the contrastive GP (``"contrastive"``, the default;
+  the loss compares the projections of all slices of the batch, from many volumes), or predicts the signed offset
+  ``p_j - p_i`` from the concatenated pooled features (``"relative"``), or each slice's own position
+  (``"absolute"``); :class:`volssl.losses.GlobalPositionalLoss` turns the output into the loss.
 
 The embedding and the head live in the network (not the loss) so that one optimiser and one checkpoint hold every
 trained parameter. The encoder attribute is named ``encoder`` as in :class:`~volssl.networks.UNet2d`, so
@@ -37,8 +41,9 @@ EMBEDDING_KEY = "embedding"
 EMBEDDING_2_KEY = "embedding_2"
 """Output key of the embedded feature map of the second slice, (B, embed_dim, h, w)."""
 POSITION_PRED_KEY = "position_pred"
-"""Output key of the positional prediction: (B,) for ``"relative"``, (B, 2) for ``"absolute"``."""
-POSITION_MODES = ("relative", "absolute")
+"""Output key of the global positional output: (B, 2, D) projections for ``"contrastive"``, (B,) predicted offsets for
+``"relative"``, (B, 2) predicted positions for ``"absolute"``."""
+POSITION_MODES = ("contrastive", "relative", "absolute")
 
 
 def _check_position_mode(mode: str) -> str:
@@ -57,11 +62,13 @@ def _check_level(level: int, num_levels: int, name: str) -> int:
 
 
 class PositionalHead(nn.Module):
-    """MLP on globally pooled features predicting slice positions: ``Linear -> ReLU -> Linear(1)``.
+    """MLP on globally pooled features for the global positional loss: ``Linear -> ReLU -> Linear``.
 
+    - ``"contrastive"``: the MLP on each slice alone, ``g`` (B, C) -> a projection (B, ``out_dim``); for a pair it
+      returns ``stack(z_i, z_j)``, shape (B, 2, out_dim) (as the projection head of PCL / CORAL).
     - ``"relative"``: input ``concat(g_i, g_j)`` (B, 2C) -> predicted offset ``p_j - p_i``, shape (B,). The
       concatenation is ordered, so the head can tell the sign of the offset.
-    - ``"absolute"``: the same MLP on each slice alone, ``g`` (B, C) -> ``p``; for a pair it returns
+    - ``"absolute"``: the MLP on each slice alone, ``g`` (B, C) -> ``p``; for a pair it returns
       ``stack(p_i_hat, p_j_hat)``, shape (B, 2).
 
     The linear layers keep PyTorch's default initialisation (as :class:`~volssl.networks.ProjectionHead`).
@@ -69,26 +76,31 @@ class PositionalHead(nn.Module):
     Args:
         in_channels: ``C``, channels of one pooled feature vector.
         hidden_dim: width of the hidden layer.
-        mode: ``"relative"`` or ``"absolute"``.
+        mode: ``"contrastive"``, ``"relative"`` or ``"absolute"``.
+        out_dim: projection size in contrastive mode (the regression modes output one number).
 
     Raises:
         ValueError: a non-positive size or an unknown ``mode``.
     """
 
-    def __init__(self, in_channels: int, hidden_dim: int = 256, mode: str = "relative") -> None:
+    def __init__(self, in_channels: int, hidden_dim: int = 256, mode: str = "contrastive", out_dim: int = 128) -> None:
         super().__init__()
-        if min(in_channels, hidden_dim) < 1:
-            raise ValueError(f"sizes must be positive, got in_channels={in_channels}, hidden_dim={hidden_dim}.")
+        if min(in_channels, hidden_dim, out_dim) < 1:
+            raise ValueError(
+                f"sizes must be positive, got in_channels={in_channels}, hidden_dim={hidden_dim}, out_dim={out_dim}."
+            )
         self.mode = _check_position_mode(mode)
         self.in_channels = in_channels
         self.hidden_dim = hidden_dim
+        self.out_dim = out_dim if mode == "contrastive" else 1
         mlp_in = 2 * in_channels if mode == "relative" else in_channels
         self.fc1 = nn.Linear(mlp_in, hidden_dim)
         self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Linear(hidden_dim, 1)
+        self.fc2 = nn.Linear(hidden_dim, self.out_dim)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x))).squeeze(-1)
+        out = self.fc2(self.act(self.fc1(x)))
+        return out if self.mode == "contrastive" else out.squeeze(-1)
 
     def forward(self, g_i: torch.Tensor, g_j: torch.Tensor) -> torch.Tensor:
         """
@@ -97,14 +109,18 @@ class PositionalHead(nn.Module):
             g_j: pooled features of the second slices, (B, C).
 
         Returns:
-            ``"relative"``: predicted ``p_j - p_i``, (B,); ``"absolute"``: predicted ``(p_i, p_j)``, (B, 2).
+            ``"contrastive"``: projections (B, 2, out_dim); ``"relative"``: predicted ``p_j - p_i``, (B,);
+            ``"absolute"``: predicted ``(p_i, p_j)``, (B, 2).
         """
         if self.mode == "relative":
             return self._mlp(torch.cat([g_i, g_j], dim=1))
+        if self.mode == "contrastive":
+            # one pass over the 2B slices (the same weights for both)
+            return self._mlp(torch.cat([g_i, g_j], dim=0)).reshape(2, g_i.shape[0], -1).transpose(0, 1)
         return torch.stack([self._mlp(g_i), self._mlp(g_j)], dim=1)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}"
+        return f"mode={self.mode!r}, out_dim={self.out_dim}"
 
 
 class SalPretrainNet2d(nn.Module):
@@ -115,25 +131,29 @@ class SalPretrainNet2d(nn.Module):
 
     - ``"embedding"``: ``E(F_level(x_i))``, (B, embed_dim, h, w), not normalised (the loss normalises per location);
     - ``"embedding_2"``: ``E(F_level(x_j))``, same shape;
-    - ``"position_pred"``: (B,) predicted ``p_j - p_i`` (``"relative"``) or (B, 2) predicted ``(p_i, p_j)``
-      (``"absolute"``), from the globally average-pooled level-``position_level`` features.
+    - ``"position_pred"``: from the globally average-pooled level-``position_level`` features: (B, 2, position_dim)
+      projections of both slices (``"contrastive"``), (B,) predicted ``p_j - p_i`` (``"relative"``) or (B, 2)
+      predicted ``(p_i, p_j)`` (``"absolute"``).
 
-    ``(h, w)`` is the size of the chosen level: ``(H/16, W/16)`` for the bottleneck (see
-    :class:`~volssl.networks.UNetEncoder2d`); the windowed local alignment needs it divisible by its window count.
+    ``(h, w)`` is the size of the chosen level, ``(H / 2^k, W / 2^k)`` for level ``k`` of 0..4 (see
+    :class:`~volssl.networks.UNetEncoder2d`; the default ``level=3`` gives ``H/8 x W/8``); the windowed local alignment
+    needs it divisible by its window count.
 
-    Parameters at ``in_channels=1`` and the defaults: 11,094,545 for ``features=48`` (encoder 10,602,384) and
-    1,343,921 for ``features=16``.
+    Parameters at ``in_channels=1`` and the defaults (level 3, contrastive head on the bottleneck): 10,881,424 for
+    ``features=48`` (encoder 10,602,384) and 1,294,640 for ``features=16``.
 
     Args:
         in_channels: input image channels.
         features: base width ``f`` of the encoder.
         embed_dim: output channels of the 1x1 embedding ``E`` (128 by default).
-        level: encoder level whose feature map is embedded for local alignment (-1: the bottleneck, 16f channels).
-        position_mode: ``"relative"`` (default) or ``"absolute"``, see :class:`PositionalHead`.
+        level: encoder level whose feature map is embedded for local alignment (0..4, or -5..-1 with -1 the
+            bottleneck; default 3, ``8f`` channels at ``H/8 x W/8``).
+        position_mode: ``"contrastive"`` (default), ``"relative"`` or ``"absolute"``, see :class:`PositionalHead`.
         norm: normalisation of the encoder levels, see :class:`~volssl.networks.UNetEncoder2d`.
         negative_slope: LeakyReLU slope of the encoder.
-        position_level: encoder level pooled for the positional head (-1: the bottleneck).
+        position_level: encoder level pooled for the positional head (-1: the bottleneck, as PCL / CORAL pool it).
         position_hidden_dim: hidden width of the positional head.
+        position_dim: projection size of the contrastive head.
 
     Raises:
         ValueError: a level outside the encoder's 5 levels, an unknown ``position_mode`` or a non-positive size.
@@ -144,12 +164,13 @@ class SalPretrainNet2d(nn.Module):
         in_channels: int = 1,
         features: int = 48,
         embed_dim: int = 128,
-        level: int = -1,
-        position_mode: str = "relative",
+        level: int = 3,
+        position_mode: str = "contrastive",
         norm: str | None = "batch",
         negative_slope: float = 0.01,
         position_level: int = -1,
         position_hidden_dim: int = 256,
+        position_dim: int = 128,
     ) -> None:
         super().__init__()
         if embed_dim < 1:
@@ -164,7 +185,7 @@ class SalPretrainNet2d(nn.Module):
         self.embedding = nn.Conv2d(self.encoder.channels[self.level], embed_dim, kernel_size=1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.position_head = PositionalHead(
-            self.encoder.channels[self.position_level], position_hidden_dim, position_mode
+            self.encoder.channels[self.position_level], position_hidden_dim, position_mode, position_dim
         )
 
     def forward(self, x_i: torch.Tensor, x_j: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -174,7 +195,8 @@ class SalPretrainNet2d(nn.Module):
             x_j: second slices, same shape.
 
         Returns:
-            dict with ``"embedding"``, ``"embedding_2"`` (B, embed_dim, h, w) and ``"position_pred"`` ((B,) or (B, 2)).
+            dict with ``"embedding"``, ``"embedding_2"`` (B, embed_dim, h, w) and ``"position_pred"`` ((B, 2, D),
+            (B,) or (B, 2)).
 
         Raises:
             ValueError: ``x_i`` and ``x_j`` differ in shape.
@@ -194,4 +216,7 @@ class SalPretrainNet2d(nn.Module):
         }
 
     def extra_repr(self) -> str:
-        return f"level={self.level}, position_level={self.position_level}, embed_dim={self.embed_dim}"
+        return (
+            f"level={self.level}, position_level={self.position_level}, embed_dim={self.embed_dim}, "
+            f"position_mode={self.position_mode!r}"
+        )
