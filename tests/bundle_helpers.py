@@ -152,6 +152,15 @@ def assert_standalone_bundle(bundle: Path, run_dir: Path, datalist: Path, tmp_pa
     assert zip_path.name == f"{bundle.name}_v{json.loads((bundle / 'configs' / 'metadata.json').read_text())['version']}.zip"
     assert tool.check(str(zip_path)) == []
     bundle_dir = unzip_bundle(zip_path, tmp_path / "unzipped")
+    # eval_metrics are this run's measurement or none: never the repository's (those of the released weights)
+    exported_meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
+    summary = run_dir / "eval" / "metrics_summary.json"
+    if summary.is_file():
+        mean_dice = json.loads(summary.read_text())["mean_foreground"]["dice"]["mean"]
+        assert exported_meta["eval_metrics"]["mean_dice"] == round(mean_dice, 4)
+    else:
+        assert exported_meta["eval_metrics"] == {}
+    assert tool.RELEASE_METRICS_NOTE not in exported_meta["data_source"]
     inference = json.loads((bundle_dir / "configs" / "inference.json").read_text())
     for key, value in (trained or {}).items():
         if key in inference and key not in RUNTIME_VALUES:

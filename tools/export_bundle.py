@@ -132,8 +132,16 @@ def _check_consistent(train: dict, pretrain: dict | None) -> None:
         raise VolsslInputError("pretraining_record.json", f"the pretraining and fine-tuning runs differ in {clash}")
 
 
+# where the repository's metadata.json says what its eval_metrics are (the released weights'); cut from exports
+RELEASE_METRICS_NOTE = " eval_metrics: those of the released"
+
+
 def _metadata(meta: dict, record: dict, metrics: dict | None, data_note: str | None) -> dict:
     meta = dict(meta)
+    # the repository's eval_metrics (and the sentence on them) describe the released weights: another run's export
+    # carries its own measurement or none
+    meta["eval_metrics"] = {}
+    meta["data_source"] = meta.get("data_source", "").split(RELEASE_METRICS_NOTE)[0].rstrip()
     meta["monai_version"] = _version("monai")
     meta["pytorch_version"] = _version("torch")
     meta["numpy_version"] = _version("numpy")
