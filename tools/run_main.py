@@ -1,6 +1,6 @@
 """The main job on the default data: phantoms -> split -> checks -> a method end to end -> evaluation -> figures.
 
-    python tools/run_main.py [--method coral] [--output_dir runs/main] [--data_dir data/phantom] [--n 20]
+    python tools/run_main.py [--method coral] [--output_dir runs/<method>] [--data_dir data/phantom] [--n 20]
                              [--n_labeled 2] [--seed 0] [--pretrain_epochs 4] [--epochs E]
 
 ``--method coral`` (default) runs the CORAL bundle with its CPU-sized overlay through the same commands a user types
