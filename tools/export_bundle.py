@@ -1,7 +1,7 @@
 """Export a trained bundle as a self-contained MONAI bundle zip, verify one, and keep configs in the zoo's JSON style.
 
-    python tools/export_bundle.py export --bundle bundles/coral_mri_segmentation --run_dir runs/main/bundle \\
-        --output_dir dist [--version 0.1.0] [--metrics runs/main/metrics/metrics_summary.json] [--data_note "..."]
+    python tools/export_bundle.py export --bundle bundles/coral_mri_segmentation --run_dir runs/coral/bundle \\
+        --output_dir dist [--version 0.1.0] [--metrics runs/coral/metrics/metrics_summary.json] [--data_note "..."]
     python tools/export_bundle.py verify dist/coral_mri_segmentation_v0.1.0.zip     # or an unzipped bundle folder
     python tools/export_bundle.py format bundles [--check]                          # model-zoo JSON style
 
