@@ -8,7 +8,7 @@
 #       each BUNDLE an exported zip (<name>_v<version>.zip) or a bundle folder; lays out the app (our app code and
 #       the bundles in its model/ folder) and runs `monailabel start_server` on 127.0.0.1 in the foreground.
 #       The served bundles are copies: retraining changes the app's copy, never BUNDLE; a later `serve` keeps the
-#       retrained copy unless --replace is given. See docs/monailabel.md.
+#       retrained copy unless --replace is given. See the README, "Use with MONAI Label".
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${VOLSSL_MONAILABEL_VENV:-$root/.venv-monailabel}"
