@@ -1,10 +1,11 @@
-"""Shared fixtures: where the real data sets live, and skips with a reason when they are absent."""
+"""Shared fixtures: where the real data sets live (skips with a reason when they are absent), one-thread torch."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -33,3 +34,13 @@ def acdc_dir() -> Path:
 def la_dir() -> Path:
     """UA-MT left-atrium folder, 2x downsampled (2018LA_Seg_Training Set/<id>/mri_norm2.h5, train/test.list)."""
     return _shared("la_half")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests on tiny tensors: faster there, and no stalls when other processes share the
+    cores. Use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

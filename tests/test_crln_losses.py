@@ -12,14 +12,7 @@ from monai.losses import DiceCELoss
 from volssl.losses import ConfidenceWeightedCELoss, CPSLoss, CRLNSupervisedLoss
 from volssl.losses.crln import as_label_map
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing the shared CPU cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def test_supervised_loss_formula() -> None:

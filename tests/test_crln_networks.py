@@ -10,16 +10,10 @@ from torch import nn
 from volssl.networks import CRLNNet, DIMStage, DynamicInteractionModule, UNet3dCRLN, VNet
 
 # torch 2.13 deprecates torch.jit; MONAI's ckpt_export still scripts/traces, so both stay tested
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|trace|trace_method)` is deprecated")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing the shared CPU cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.(script|trace|trace_method)` is deprecated"),
+    pytest.mark.usefixtures("one_thread"),  # tiny tensors: see conftest.one_thread
+]
 
 
 def _n_params(module: nn.Module) -> int:

@@ -29,13 +29,7 @@ from volssl.metrics.embeddings import (
 )
 from volssl.networks import PretrainNet2d, SalPretrainNet2d, UNetEncoder2d
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def _grid(n_volumes: int = 6, n_slices: int = 20) -> tuple[np.ndarray, np.ndarray]:

@@ -11,14 +11,7 @@ import torch.nn.functional as F
 from volssl.losses import GlobalPositionalLoss, LocalAlignmentLoss, SalLoss, embedding_cosine, windows_to_batch
 from volssl.networks import PositionalHead, SalPretrainNet2d, UNet2d, with_encoder_weights
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and avoids stalls when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def _maps(b: int = 2, c: int = 8, h: int = 8, w: int = 6, seed: int = 0, dtype=torch.float64) -> torch.Tensor:

@@ -12,36 +12,29 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
 import pytest
 import torch
 
-from bundle_helpers import BUNDLES, make_tiny_dataset
+from bundle_helpers import BUNDLES, REPO_ROOT, make_tiny_dataset
+
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+from compare_embeddings import SAL_ABLATION as ABLATION  # noqa: E402
 
 CONFIGS = BUNDLES / "sal_mri_segmentation" / "configs"
 SHORT = {"pretrain_epochs": 4, "probe_interval": 4, "probe_roles": ["validation", "test"], "num_workers": 0}
 
-# documented configurations (the defaults and the model card's ablation settings offered for use)
+# the settings are tools/compare_embeddings.py's ablation arms (one place), here on a shorter run:
+# the documented configurations (the defaults and the model card's ablation settings offered for use) ...
 KEEPS_SPREAD = {
     "default": {},
-    "independent_aug": {"pair_augmentation": "independent"},
-    "gp_relative": {"position_mode": "relative", "position_level": -2},
-    "gp_absolute": {"position_mode": "absolute", "position_level": -2},
-    "la_only": {"gp_weight": 0.0},
-    "gp_only": {"la_weight": 0.0},
+    **{arm: ABLATION[arm]["overrides"]
+       for arm in ("independent_aug", "gp_relative", "gp_absolute", "la_only", "gp_only")},
 }
-# the first reconstruction, which the model card shows collapsing: bottleneck LA, raw offset MSE, independent
-# augmentation, CORAL's learning rate 0.1
-COLLAPSES = {
-    "earlier_reconstruction": {
-        "alignment_level": -1,
-        "pair_augmentation": "independent",
-        "position_mode": "relative",
-        "position_level": -2,
-        "gp_standardize": False,
-        "pretrain_learning_rate": 0.1,
-    },
-}
+# ... and the first reconstruction, which the model card shows collapsing (bottleneck LA, raw offset MSE, independent
+# augmentation, CORAL's learning rate 0.1)
+COLLAPSES = {"earlier_reconstruction": ABLATION["earlier_reconstruction"]["overrides"]}
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,7 @@ from volssl.engines.semi_supervised import sigmoid_rampup
 from volssl.losses import ConfidenceWeightedCELoss
 from volssl.networks import CRLNNet, VNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing the shared CPU cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 # --- EMA ---------------------------------------------------------------------------------------------------------
