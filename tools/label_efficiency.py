@@ -680,14 +680,15 @@ def summarize(output_dir: str, bootstrap_unit: str | None = None, n_boot: int = 
 
 
 def plot_curve(rows: list[dict], protocol: dict, path: Path, metric: str = "dice_mean_fg", n_boot: int = 2000) -> None:
-    """Test Dice against labelled volumes, one line per arm with a 95 % bootstrap band (pairs resampled), one panel
-    per fine-tuning mode."""
+    """Test Dice against labelled volumes, one line per arm with its 95 % bootstrap interval (pairs resampled) as
+    error bars and a band, the arms drawn slightly apart around each count; one panel per fine-tuning mode."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     modes = [m for m in protocol["finetune"] if any(r["finetune"] == m for r in rows)]
+    n_arms = len(protocol["arms"])
     fig, axes = plt.subplots(1, len(modes), figsize=(4.2 * len(modes), 3.4), squeeze=False)
     for ax, ft in zip(axes[0], modes):
         for i, arm in enumerate(protocol["arms"]):
@@ -706,14 +707,20 @@ def plot_curve(rows: list[dict], protocol: dict, path: Path, metric: str = "dice
             if not xs:
                 continue
             color = f"C{i}"
-            ax.plot(xs, mean, "o-", color=color, label=arm)
-            ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
+            # arms side by side around each count (a small step on the log axis), so that overlapping intervals stay
+            # visible; the error bar shows the interval also where a count has no neighbour to draw a band to
+            xs = [x * 2 ** (0.04 * (i - (n_arms - 1) / 2)) for x in xs]
+            yerr = [[m - lo for m, lo in zip(mean, low)], [hi - m for m, hi in zip(mean, high)]]
+            ax.errorbar(xs, mean, yerr=yerr, fmt="o-", color=color, capsize=3, label=arm)
+            ax.fill_between(xs, low, high, color=color, alpha=0.15, linewidth=0)
         ax.set_title(f"{ft} fine-tuning" if protocol["settings"]["family"] == "slice" else "training")
         ax.set_xlabel("labelled volumes")
         ax.set_ylabel("test Dice (foreground mean)")
         ax.set_xscale("log", base=2)
         ticks = sorted({r["labelled_volumes"] or r["label_count"] for r in rows if r["finetune"] == ft})
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        if len(ticks) == 1:  # one count: keep the arms close together, as they would be with more counts
+            ax.set_xlim(ticks[0] / 1.5, ticks[0] * 1.5)
         ax.minorticks_off()
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
