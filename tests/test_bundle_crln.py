@@ -38,7 +38,8 @@ TINY = {
     "val_overlap": 0.0,
     "overlap": 0.0,
 }
-RESUME_KEYS = {"network", "step", "optimizer", "lr_scheduler", "trainer", "best_model", "early_stop"}
+RESUME_KEYS = {"network", "step", "optimizer", "lr_scheduler", "trainer", "best_model", "other_best_model",
+               "early_stop"}
 
 
 def _parser(files, **overrides):
@@ -80,6 +81,10 @@ def test_train_outputs(workspace):
     assert all(isinstance(v, torch.Tensor) for v in model.values())
     # the inference network: CRLNNet(VNet) with the rectifier scalar, the DIM and the representation head
     assert "a" in model and any(k.startswith("dim.") for k in model) and any(k.startswith("backbone.") for k in model)
+    # the other network (the student, when the teacher ships) is kept too, selected on its own validation Dice
+    student = torch.load(models / "model_student.pt", weights_only=True)
+    assert set(student) == set(model) and any(not torch.equal(student[k], v) for k, v in model.items()
+                                              if v.is_floating_point())
     ckpts = list((models / "train_checkpoints").glob("checkpoint_epoch=*.pt"))
     assert [p.name for p in ckpts] == ["checkpoint_epoch=1.pt"]
     ckpt = torch.load(ckpts[0], weights_only=True)
@@ -216,6 +221,9 @@ def test_resume_after_interruption(workspace):
     momentum = step.rectifier_optimizer.state_dict()["state"][0]["momentum_buffer"]
     assert torch.equal(momentum, ckpt["step"]["rectifier_optimizer"]["state"][0]["momentum_buffer"])
     assert parser.get_parsed_content("validate#best_model").best_epoch == ckpt["best_model"]["best_epoch"] >= 1
+    other = parser.get_parsed_content("validate#other_best_model")  # the student's own best, resumed too
+    assert other.best_epoch == ckpt["other_best_model"]["best_epoch"] >= 1
+    assert (workspace["bundle_root"] / "models" / "model_student.pt").is_file()
 
     # and the CLI run continues from there
     proc = run_bundle(["run", "--config_file", config_list(CONFIGS / "train.json", workspace["tiny"]),

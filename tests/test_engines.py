@@ -88,6 +88,24 @@ def test_only_an_interrupted_run_is_resumed(tmp_path):
     assert engine.state.epoch == 2 and engine.state.iteration == 6
 
 
+def test_resume_from_a_checkpoint_older_than_the_config(tmp_path, caplog):
+    """A checkpoint written before the config gained a resumable object (CRLN's second best-model saver): the run
+    resumes what the checkpoint holds, the new object starts fresh, and the log says so."""
+    saved_net = torch.nn.Linear(2, 2)
+    torch.save({"network": saved_net.state_dict(), "trainer": _trainer_state(1, 3)}, tmp_path / "checkpoint_epoch=1.pt")
+    net = torch.nn.Linear(2, 2)
+    saver = BestModelSaver(tmp_path / "model_student.pt", net, "dice")
+    engine = Engine(lambda e, b: None)
+    engine.state.max_epochs = 3
+    ResumeFromLatest(tmp_path, {"network": net, "trainer": engine, "other_best_model": saver}).attach(engine)
+    with caplog.at_level("WARNING", logger="volssl.resume"):
+        engine.run([0] * 3, max_epochs=3)
+    assert engine.state.epoch == 3 and engine.state.iteration == 9  # resumed after epoch 1, not restarted
+    assert torch.equal(net.weight, saved_net.weight)
+    assert saver.best_epoch == -1
+    assert "holds no state for ['other_best_model']" in caplog.text
+
+
 def test_with_weights_loads_a_whole_network_and_names_a_mismatch(tmp_path):
     from volssl.io import VolsslInputError
     from volssl.networks import UNet2d, with_weights

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -159,8 +160,11 @@ def _best_val(log: Path) -> float | None:
         return None
     best = None
     for line in log.read_text().splitlines():
-        if "best val_mean_dice" in line:
-            best = float(line.split("best val_mean_dice")[1].split(",")[0])
+        # the shipped network's saver only ("best val_mean_dice 0.81, saved ..."), not the CRLN student's
+        # ("best val_mean_dice_student ...")
+        found = re.search(r"best val_mean_dice ([0-9.eE+-]+),", line)
+        if found:
+            best = float(found.group(1))
     return best
 
 

@@ -10,7 +10,8 @@ baseline with bootstrap 95 % confidence intervals and a label-efficiency curve.
     # semi-supervised (supervised-only, mean teacher, CRLN) on LA-half, 8 labelled volumes
     python tools/label_efficiency.py run --datalist runs/data/la_pool/datalist.json --output_dir runs/le_la \\
         --family semi --label_counts "[8]" --n_sets 3 --seeds "[0,1]" --patience 5 \\
-        --train_overrides "{'epochs': 40, 'iterations_per_epoch': 50, 'val_interval': 1}"
+        --train_overrides "{'epochs': 40, 'iterations_per_epoch': 50, 'val_interval': 1}" \\
+        --eval_variants "{'student': {'checkpoint': '{root}/models/model_student.pt'}}"
     python tools/label_efficiency.py summarize runs/le_acdc
     python tools/label_efficiency.py run ... --dry_run     # the plan: every step, done or to do, nothing run
     python tools/label_efficiency.py crop runs/data/acdc/datalist.json runs/data/acdc96 --size "[96,96]"
@@ -273,8 +274,10 @@ def run(
         semi_bundle: the semi-supervised bundle (``mode`` switch).
         bootstrap_unit: ``pairs`` or ``pairs_and_cases`` (see ``paired_stats.py``).
         eval_variants: more test evaluations of every run, ``{name: config values of inference.json +
-            evaluate.json}``, ``{root}`` in a string value standing for the run's bundle root, e.g. ``{'teacher':
-            {'checkpoint': '{root}/models/model_teacher.pt'}}``; each writes ``eval_<name>/`` and gets its own rows in
+            evaluate.json}``, ``{root}`` in a string value standing for the run's bundle root, e.g. ``{'student':
+            {'checkpoint': '{root}/models/model_student.pt'}}`` (the CRLN bundle ships the EMA teacher as
+            ``model.pt`` and keeps the student selected on its own validation Dice as ``model_student.pt``); each
+            writes ``eval_<name>/`` and gets its own rows in
             the paired table (column ``model``). Default: none (the model selected on validation, ``eval/``).
         dry_run: print the plan (each step, done or to do) and run nothing.
     """

@@ -124,8 +124,16 @@ class ResumeFromLatest:
             self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: starting a new run")
             return
         self.logger.info(f"resuming from {path}")
+        load_dict = self.load_dict
+        absent = [key for key in load_dict if isinstance(content, Mapping) and key not in content]
+        if absent:
+            # a checkpoint written before a config gained a resumable object (e.g. a second best-model saver):
+            # the objects it has are restored, the new ones start fresh
+            self.logger.warning(f"{path.name} holds no state for {absent} (written by an earlier version of the "
+                                "config): those start fresh, the rest is resumed")
+            load_dict = {key: obj for key, obj in load_dict.items() if key not in absent}
         CheckpointLoader(
-            load_path=str(path), load_dict=self.load_dict, map_location=self.map_location, strict=self.strict
+            load_path=str(path), load_dict=load_dict, map_location=self.map_location, strict=self.strict
         ).attach(engine)
 
 
