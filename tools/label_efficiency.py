@@ -277,8 +277,8 @@ def run(
             evaluate.json}``, ``{root}`` in a string value standing for the run's bundle root, e.g. ``{'student':
             {'checkpoint': '{root}/models/model_student.pt'}}`` (the CRLN bundle ships the EMA teacher as
             ``model.pt`` and keeps the student selected on its own validation Dice as ``model_student.pt``); each
-            writes ``eval_<name>/`` and gets its own rows in
-            the paired table (column ``model``). Default: none (the model selected on validation, ``eval/``).
+            writes ``eval_<name>/`` and gets its own rows in the paired table (column ``model``). Default: none
+            (the model selected on validation, ``eval/``).
         dry_run: print the plan (each step, done or to do) and run nothing.
     """
     if family not in FAMILIES:

@@ -125,7 +125,7 @@ class ResumeFromLatest:
             return
         self.logger.info(f"resuming from {path}")
         load_dict = self.load_dict
-        absent = [key for key in load_dict if isinstance(content, Mapping) and key not in content]
+        absent = [key for key in load_dict if key not in content] if isinstance(content, Mapping) else []
         if absent:
             # a checkpoint written before a config gained a resumable object (e.g. a second best-model saver):
             # the objects it has are restored, the new ones start fresh
