@@ -37,3 +37,16 @@ __all__ += ["SlicePairDataset"]
 from .strong_aug import StrongView3d  # noqa: E402
 
 __all__ += ["StrongView3d"]
+
+from .batch_augment import BatchPatchSampler3d, BatchSliceAugmentation  # noqa: E402
+from .batch_loaders import PatchBatchLoader, SliceBatchLoader  # noqa: E402
+from .tensor_cache import SliceTensorCache, VolumeTensorCache  # noqa: E402
+
+__all__ += [
+    "BatchPatchSampler3d",
+    "BatchSliceAugmentation",
+    "PatchBatchLoader",
+    "SliceBatchLoader",
+    "SliceTensorCache",
+    "VolumeTensorCache",
+]

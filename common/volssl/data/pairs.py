@@ -42,7 +42,7 @@ from monai.utils import convert_to_tensor
 from .datalist import IMAGE_KEY, LABEL_KEY
 from .slices import CASE_KEY, POSITION_KEY, SLICE_INDEX_KEY, SliceDataset
 
-__all__ = ["PAIR_SUFFIX", "SlicePairDataset", "max_slice_offset", "partner_candidates"]
+__all__ = ["PAIR_SUFFIX", "SlicePairDataset", "max_slice_offset", "partner_candidates", "sparse_volume_message"]
 
 PAIR_SUFFIX = "_2"
 """Appended to the keys of the partner slice: ``image_2``, ``position_2``, ``slice_index_2``."""
@@ -84,6 +84,32 @@ def partner_candidates(anchor: int, kept: Sequence[int] | np.ndarray, max_offset
     gap = np.abs(others - anchor)
     within = others[gap <= max_offset]
     return within if within.size else others[gap == gap.min()]
+
+
+def sparse_volume_message(kept_slices: Sequence[np.ndarray], max_offsets: Sequence[int], threshold: float) -> str:
+    """The warning for volumes where some slice has no partner within the threshold ('' when there is none).
+
+    Args:
+        kept_slices: per volume, the sorted slice indices that are items.
+        max_offsets: per volume, the largest allowed offset (:func:`max_slice_offset`).
+        threshold: ``t``, for the message.
+    """
+    alone, beyond = 0, 0
+    for kept, k in zip(kept_slices, max_offsets):
+        kept = np.asarray(kept)
+        if kept.size == 1:
+            alone += 1
+        elif kept.size > 1:
+            gaps = np.diff(kept)
+            inf = np.asarray([np.iinfo(np.int64).max])
+            nearest = np.minimum(np.concatenate([inf, gaps]), np.concatenate([gaps, inf]))
+            beyond += bool(np.any(nearest > k))
+    if not (alone or beyond):
+        return ""
+    return (
+        f"(threshold={threshold}): {beyond} volume(s) have slices with no partner within the threshold (paired with "
+        f"their nearest neighbour instead) and {alone} volume(s) have a single slice (paired with itself)."
+    )
 
 
 class SlicePairDataset(SliceDataset, Randomizable):
@@ -182,22 +208,9 @@ class SlicePairDataset(SliceDataset, Randomizable):
 
     def _warn_sparse_volumes(self) -> None:
         """One warning for all volumes where some anchor has no partner within the threshold."""
-        alone, beyond = 0, 0
-        for kept, k in zip(self.kept_slices, self.max_offsets):
-            if kept.size == 1:
-                alone += 1
-            elif kept.size > 1:
-                gaps = np.diff(kept)
-                inf = np.asarray([np.iinfo(np.int64).max])
-                nearest = np.minimum(np.concatenate([inf, gaps]), np.concatenate([gaps, inf]))
-                beyond += bool(np.any(nearest > k))
-        if alone or beyond:
-            message = (
-                f"SlicePairDataset (threshold={self.threshold}): {beyond} volume(s) have slices with no partner within "
-                f"the threshold (paired with their nearest neighbour instead) and {alone} volume(s) have a single "
-                "slice (paired with itself)."
-            )
-            warnings.warn(message, stacklevel=3)
+        message = sparse_volume_message(self.kept_slices, self.max_offsets, self.threshold)
+        if message:
+            warnings.warn(f"SlicePairDataset {message}", stacklevel=3)
 
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None

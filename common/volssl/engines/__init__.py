@@ -24,3 +24,10 @@ __all__ += ["CRLNStep", "ema_decay", "ema_update_", "make_teacher"]
 from .early_stopping import EarlyStopOnPlateau  # noqa: E402
 
 __all__ += ["EarlyStopOnPlateau"]
+
+from .epoch_seed import EpochSeed  # noqa: E402
+from .precision import Precision, cpu_has_native_bf16, to_channels_last  # noqa: E402
+from .steps import EvaluationStep, SupervisedStep, TrainingStep  # noqa: E402
+
+__all__ += ["EpochSeed", "EvaluationStep", "Precision", "SupervisedStep", "TrainingStep", "cpu_has_native_bf16",
+            "to_channels_last"]

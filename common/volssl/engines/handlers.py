@@ -30,6 +30,17 @@ def latest_checkpoint(ckpt_dir, pattern: str = "checkpoint_epoch=*.pt") -> Path 
     return max(found)[1] if found else None
 
 
+
+def _add_scalars(sums: dict, out: Mapping) -> None:
+    """Add the scalar entries of an iteration's output to ``sums``: numbers as floats, one-element tensors as
+    detached tensors on their device (read once per epoch, so that a GPU is not synchronised every iteration)."""
+    for key, value in out.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
+            value = value.detach().reshape(()).float()
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        sums[key] = sums.get(key, 0.0) + value
+
 class ResumeFromLatest:
     """Resume a run from the latest interval checkpoint in ``ckpt_dir`` (if any), with MONAI's ``CheckpointLoader``.
 
@@ -253,16 +264,12 @@ class LearningCurveWriter:
         out = out[0] if isinstance(out, list) and out else out
         if not isinstance(out, Mapping):
             return
-        for key, value in out.items():
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                value = value.item()
-            if isinstance(value, (int, float)):
-                self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        _add_scalars(self._sums, out)
         self._count += 1
 
     def _epoch_done(self, engine: Engine) -> None:
         row = {"epoch": float(engine.state.epoch)}
-        row.update({f"train_{k}": v / max(self._count, 1) for k, v in self._sums.items()})
+        row.update({f"train_{k}": float(v) / max(self._count, 1) for k, v in self._sums.items()})
         for evaluator in self.evaluators:
             # only the metrics of a validation run at this epoch (not stale ones from an earlier validation)
             if evaluator.state.epoch != engine.state.epoch or not evaluator.state.metrics:
@@ -348,11 +355,7 @@ class EpochProgress:
         out = engine.state.output
         out = out[0] if isinstance(out, list) and out else out
         if isinstance(out, Mapping):
-            for key, value in out.items():
-                if isinstance(value, torch.Tensor) and value.numel() == 1:
-                    value = value.item()
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._sums[key] = self._sums.get(key, 0.0) + float(value)
+            _add_scalars(self._sums, out)
         self._count += 1
 
     def _validation(self, epoch: int) -> str:
@@ -370,7 +373,7 @@ class EpochProgress:
             return
         seconds = time.perf_counter() - self._start
         epoch, total = int(engine.state.epoch), int(engine.state.max_epochs)
-        losses = " ".join(f"{k} {v / max(self._count, 1):.4f}" for k, v in self._sums.items()) or "no loss"
+        losses = " ".join(f"{k} {float(v) / max(self._count, 1):.4f}" for k, v in self._sums.items()) or "no loss"
         left = _duration(seconds * (total - epoch))
         self.logger.info(f"{self.name} epoch {epoch}/{total}: {losses}{self._validation(epoch)} | "
                          f"{seconds:.1f} s/epoch, {left} left")

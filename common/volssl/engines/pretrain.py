@@ -6,10 +6,13 @@ from collections.abc import Sequence
 
 import torch
 
+from .precision import Precision
+from .steps import TrainingStep
+
 __all__ = ["TwoViewContrastiveStep"]
 
 
-class TwoViewContrastiveStep:
+class TwoViewContrastiveStep(TrainingStep):
     """One optimisation step of position-aware contrastive pretraining (CORAL, PCL).
 
     The batch holds two independently augmented views of B slices (``image``, ``image_2``: (B, C, H, W)) and the
@@ -22,15 +25,19 @@ class TwoViewContrastiveStep:
     scalar tensors (e.g. the RAL and OAL parts) has them returned too, so that Stats/TensorBoard handlers can log
     them with ``output_transform=lambda out: out``-style transforms.
 
-    Mixed precision follows ``engine.amp`` (CUDA only: autocast is a no-op on CPU) with the engine's grad scaler.
+    The forwards run under the precision policy's autocast (:class:`~volssl.engines.TrainingStep`); the projections
+    are cast to float32 before the loss (its normalisation and log-sum-exp stay in float32).
 
     Args:
         view_keys: the batch keys of the views, concatenated along the batch axis in this order.
         position_key: the batch key of the positions.
         separate_forwards: one forward per view (the public code) rather than one for all views.
+        precision: mixed-precision policy (see :class:`~volssl.engines.TrainingStep`).
+        channels_last: feed the views in ``channels_last`` memory format.
 
     Returns (from ``__call__``):
-        dict with ``loss`` (detached scalar) and every entry of the loss's ``last_terms`` (detached floats).
+        dict with ``loss`` and every entry of the loss's ``last_terms``, detached scalar tensors (no device
+        synchronisation: the handlers read them when they log).
     """
 
     def __init__(
@@ -38,37 +45,30 @@ class TwoViewContrastiveStep:
         view_keys: Sequence[str] = ("image", "image_2"),
         position_key: str = "position",
         separate_forwards: bool = True,
+        precision: Precision | None = None,
+        channels_last: bool = False,
     ) -> None:
+        super().__init__(precision, channels_last)
         self.view_keys = tuple(view_keys)
         self.position_key = position_key
         self.separate_forwards = bool(separate_forwards)
 
     def __call__(self, engine, batchdata: dict) -> dict:
-        device = engine.state.device
-        views = [torch.as_tensor(batchdata[k]).to(device=device, non_blocking=engine.non_blocking) for k in self.view_keys]
-        positions = torch.as_tensor(batchdata[self.position_key], dtype=torch.float32).reshape(-1)
-        positions = positions.repeat(len(self.view_keys)).to(device=device, non_blocking=engine.non_blocking)
+        views = [self.to_device(engine, batchdata[k]) for k in self.view_keys]
+        positions = self.to_device(engine, batchdata[self.position_key], torch.float32).reshape(-1)
+        positions = positions.repeat(len(self.view_keys))
 
-        engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        use_amp = bool(engine.amp) and device.type == "cuda"
-        with torch.autocast(device.type, enabled=use_amp, **(engine.amp_kwargs or {})):
+        self.start(engine)
+        with self.autocast(engine):
             if self.separate_forwards:
                 z = torch.cat([engine.network(v) for v in views], dim=0)
             else:
                 z = engine.network(torch.cat(views, dim=0))
-        # the losses normalise and exponentiate: keep them in float32 under AMP
         loss = engine.loss_function(z.float(), positions)
-        if use_amp and engine.scaler is not None:
-            engine.scaler.scale(loss).backward()
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            loss.backward()
-            engine.optimizer.step()
+        self.update(engine, loss)
         # a DistributedDataParallel-wrapped loss (its OAL direction is a parameter) keeps the terms on .module
         loss_module = getattr(engine.loss_function, "module", engine.loss_function)
         terms = getattr(loss_module, "last_terms", None) or {}
         out = {"loss": loss.detach()}
-        out.update({name: float(value) for name, value in terms.items()})
-        return out
+        out.update({name: torch.as_tensor(value).detach() for name, value in terms.items()})
+        return self.finish(engine, out)

@@ -23,6 +23,9 @@ from torch import nn
 from volssl.data.strong_aug import StrongView3d
 from volssl.losses.crln import ConfidenceWeightedCELoss, CPSLoss, CRLNSupervisedLoss, as_label_map
 
+from .precision import Precision
+from .steps import TrainingStep, plain_tensor
+
 __all__ = ["CRLN_MODES", "CRLNStep", "StudentForward", "ema_decay", "ema_update_", "make_teacher", "sigmoid_rampup"]
 
 CRLN_MODES = ("crln", "mean_teacher", "supervised")
@@ -114,13 +117,6 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _plain(x) -> torch.Tensor:
-    """A plain ``torch.Tensor`` (drops MONAI's MetaTensor wrapper, which only slows the maths down)."""
-    if hasattr(x, "as_tensor"):
-        return x.as_tensor()
-    return torch.as_tensor(x)
-
-
 def _cycle(loader: Iterable) -> Iterator:
     """Endless iteration over ``loader``, restarting it (and so reshuffling a DataLoader) when it runs out."""
     while True:
@@ -132,7 +128,7 @@ def _cycle(loader: Iterable) -> Iterator:
             raise ValueError("the unlabelled loader is empty.")
 
 
-class CRLNStep:
+class CRLNStep(TrainingStep):
     """One training iteration of CRLN (arXiv 2502.11456), or of its baselines, for MONAI's ``SupervisedTrainer``.
 
     Data: the trainer's data loader yields the **labelled** batches (dicts with ``image_key`` (B_l, C, H, W, D) and
@@ -172,8 +168,9 @@ class CRLNStep:
     ``load_state_dict`` for the teacher and the rectifier optimiser) into the ``CheckpointSaver``'s ``save_dict``.
     The trainer's optimiser may hold ``a`` as well: the main loss never gives ``a`` a gradient, so it leaves it alone.
 
-    Mixed precision follows ``engine.amp`` on CUDA only (autocast is off on CPU), with the engine's grad scaler;
-    the losses run in float32. ``engine.network`` must be ``network`` (or wrap it). Under ``torch.distributed``
+    The forwards (student and teacher) run under the precision policy's autocast
+    (:class:`~volssl.engines.TrainingStep`: bf16 on CUDA and on CPUs with native bf16); the losses, the softmax of
+    the pseudo-labels and CPS run in float32. ``engine.network`` must be ``network`` (or wrap it). Under ``torch.distributed``
     (``torchrun`` with the bundle's ``multi_gpu_train.json``) the step wraps the student's training forwards in
     ``DistributedDataParallel`` itself (:class:`StudentForward`) and averages ``a``'s gradient over the processes:
     give it, and the trainer, the plain network; each process keeps its own teacher, updated from the same student.
@@ -204,6 +201,7 @@ class CRLNStep:
         rectifier_momentum: SGD momentum of ``a``'s step.
         generator: optional CPU ``torch.Generator`` for the strong view's parameters (and for CPS sampling when on
             the same device); otherwise the global RNGs.
+        precision: mixed-precision policy (see :class:`~volssl.engines.TrainingStep`).
 
     Returns (from ``__call__``): dict of detached 0-dim tensors ``loss``, ``sup``, ``unsup``, ``cps``, ``a`` (0 when the
     network has no ``a``) and ``unsup_weight`` (``w_t``, 0 in ``"supervised"`` mode).
@@ -236,7 +234,9 @@ class CRLNStep:
         rectifier_lr: float | None = None,
         rectifier_momentum: float = 0.9,
         generator: torch.Generator | None = None,
+        precision: Precision | None = None,
     ) -> None:
+        super().__init__(precision, channels_last=False)
         if mode not in CRLN_MODES:
             raise ValueError(f"mode must be one of {CRLN_MODES}, got {mode!r}.")
         is_crln_net = hasattr(network, "forward_train") and isinstance(getattr(network, "a", None), nn.Parameter)
@@ -282,13 +282,14 @@ class CRLNStep:
     # -- checkpointing ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """``{"teacher": ..., "rectifier_optimizer": ...}`` (the latter only in ``"crln"`` mode)."""
-        state = {"teacher": self.teacher.state_dict()}
+        state = {"teacher": self.teacher.state_dict(), **super().state_dict()}
         if self.rectifier_optimizer is not None:
             state["rectifier_optimizer"] = self.rectifier_optimizer.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.teacher.load_state_dict(state["teacher"])
+        super().load_state_dict(state)
         if self.rectifier_optimizer is not None and "rectifier_optimizer" in state:
             self.rectifier_optimizer.load_state_dict(state["rectifier_optimizer"])
 
@@ -312,13 +313,13 @@ class CRLNStep:
                     f"mode {self.mode!r} needs unlabelled images: give CRLNStep an unlabeled_loader, or put them into "
                     f"the batch under {self.unlabeled_key!r}."
                 )
-            return _plain(batchdata[self.unlabeled_key])
+            return plain_tensor(batchdata[self.unlabeled_key])
         if self._unlabeled_iter is None:
             self._unlabeled_iter = _cycle(self.unlabeled_loader)
         item = next(self._unlabeled_iter)
         if isinstance(item, dict):
-            return _plain(item[self.image_key])
-        return _plain(item)
+            return plain_tensor(item[self.image_key])
+        return plain_tensor(item)
 
     def _generator_on(self, device: torch.device) -> torch.Generator | None:
         g = self.generator
@@ -368,30 +369,28 @@ class CRLNStep:
         device = engine.state.device
         nb = engine.non_blocking
         iteration = int(engine.state.iteration)
-        x_l = _plain(batchdata[self.image_key]).to(device=device, non_blocking=nb)
-        g = as_label_map(_plain(batchdata[self.label_key])).to(device=device, non_blocking=nb)
-        use_amp = bool(engine.amp) and device.type == "cuda"
-        amp_kwargs = getattr(engine, "amp_kwargs", None) or {}
+        x_l = self.to_device(engine, batchdata[self.image_key])
+        g = as_label_map(self.to_device(engine, batchdata[self.label_key]))
         student, teacher = self.student, self.teacher
         crln = self.mode == "crln"
         rectify = iteration > self.rectify_after_iterations
         use_prototypes = iteration > self.prototype_after_iterations
 
-        student.train()
+        self.start(engine)
         teacher.eval()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         zero = torch.zeros((), device=device)
         unsup, cps, unsup_weight = zero, zero, 0.0
         rect_map_l: torch.Tensor | None = None
         forward = self._train_forward(device)
         if self.mode == "supervised":
-            with torch.autocast(device.type, enabled=use_amp, **amp_kwargs):
+            with self.autocast(engine):
                 y_l = forward(x_l)[0]["logits"]
-            sup = self.sup_loss(y_l.float(), g)
+            y_l = y_l.float()
+            sup = self.sup_loss(y_l, g)
             loss = sup
         else:
             x_u = self._unlabeled(batchdata).to(device=device, non_blocking=nb)
-            with torch.no_grad(), torch.autocast(device.type, enabled=use_amp, **amp_kwargs):
+            with torch.no_grad(), self.autocast(engine):
                 if crln:
                     # the DIM runs on the teacher only once its map or its prototypes are used
                     out_t = teacher.forward_train(x_u, rectifier=rectify or use_prototypes)
@@ -401,7 +400,7 @@ class CRLNStep:
                     logits_t = teacher(x_u)
                 conf, pseudo = torch.softmax(logits_t.float(), dim=1).max(dim=1)  # (B_u, *S) each
             x_s, y_s, c_s = self.strong_view(x_u, pseudo, conf, generator=self.generator)
-            with torch.autocast(device.type, enabled=use_amp, **amp_kwargs):
+            with self.autocast(engine):
                 out_l, out_s = forward(x_l, x_s.to(x_l.dtype))
             y_l, y_u = out_l["logits"].float(), out_s["logits"].float()
             if crln:
@@ -421,21 +420,14 @@ class CRLNStep:
                 cps = self.cps_loss(embedding, labels, valid, probs, protos, generator=self._generator_on(device))
                 loss = loss + self.cps_weight * cps
 
-        scaler = getattr(engine, "scaler", None)
-        if use_amp and scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(engine.optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            engine.optimizer.step()
+        self.update(engine, loss)
 
         if crln and rect_map_l is not None:
             self._rectifier_step(engine, y_l.detach(), rect_map_l.detach(), g)
         ema_update_(teacher, student, iteration, self.ema_max_decay)
 
         a = getattr(student, "a", None)
-        return {
+        return self.finish(engine, {
             # the labelled batch's logits and label, for the trainer's postprocessing and key metric (train Dice)
             "pred": y_l.detach(),
             "label": g.unsqueeze(1),
@@ -445,4 +437,4 @@ class CRLNStep:
             "cps": cps.detach(),
             "a": a.detach().clone() if isinstance(a, torch.Tensor) else zero,
             "unsup_weight": torch.tensor(unsup_weight, device=device),
-        }
+        })
