@@ -263,3 +263,44 @@ def test_exported_bundle_segments_dicom_series_as_nifti_and_seg(exported_coral, 
         segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         rebuilt[:, :, slices[source]][frame.T > 0] = segment
     np.testing.assert_array_equal(rebuilt, nifti_pred)  # the SEG holds the same label map, slice for slice
+
+
+# ------------------------------------------------------------------------------------------ prepare_data.py dicom
+
+
+def test_prepare_data_dicom_converts_series_and_their_seg_labels(series, seg_of, volume, tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import prepare_data
+
+    studies = tmp_path / "studies"
+    geometry, label = seg_of
+    for i in range(4):  # four labelled series, each with its SEG in a folder of its own
+        write_series(volume, np.diag([0.8, 0.8, 3.0, 1.0]), studies / f"patient{i}" / "MR")
+        _, _, g, _ = read_series(studies / f"patient{i}" / "MR")
+        write_segmentation(label, g, {1: "Anterior", 2: "Posterior"}, studies / f"patient{i}" / "SEG" / "seg.dcm")
+    _copy_series(series, studies / "patient4" / "MR")  # no SEG: unlabelled
+    copy = _copy_series(series, studies / "patient4" / "copy")  # the same series again: left out
+    missing = write_series(volume, np.eye(4), studies / "patient5" / "MR")["files"][0].parent
+    sorted(missing.glob("*.dcm"))[4].unlink()
+    out = tmp_path / "converted"
+    status = prepare_data.main(["dicom", str(studies), str(out), "--n_val", "1", "--n_test", "1"])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert f"warning: {missing}: left out: missing slice(s)" in err
+    assert f"warning: {copy}: series {select_series(series)[0].uid} is also in" in err
+    datalist = json.loads((out / "datalist.json").read_text())
+    assert datalist["labels"] == {"0": "background", "1": "Anterior", "2": "Posterior"}
+    assert [len(datalist[r]) for r in ("training", "validation", "test", "unlabeled")] == [2, 1, 1, 1]
+    assert datalist["unlabeled"] == [{"image": "imagesTr/patient4_MR.nii.gz"}]
+    case = datalist["training"][0]
+    image, converted = nib.load(out / case["image"]), nib.load(out / case["label"])
+    np.testing.assert_array_equal(np.asarray(image.dataobj), volume)
+    np.testing.assert_array_equal(np.asarray(converted.dataobj), label)
+    np.testing.assert_allclose(image.affine, header_affine(series)[0], atol=1e-4)
+    assert prepare_data.main(["check", str(out / "datalist.json")]) == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert prepare_data.main(["dicom", str(empty), str(tmp_path / "x")]) == 2
+    assert "no DICOM image series" in capsys.readouterr().err
