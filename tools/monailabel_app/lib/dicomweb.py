@@ -130,7 +130,7 @@ class VolsslDICOMWebDatastore(DICOMWebDatastore):
             label_filename = converted
         final = label_tag == DefaultLabelTag.FINAL
         model, names = self._names_for(label_info)
-        description = f"{model} {FINAL_MARK if final else AUTOMATIC_MARK}"
+        description = f"annotation {FINAL_MARK}" if final else f"{model} {AUTOMATIC_MARK}"
         image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
         seg = write_seg(image_dir, label_filename, names, description, model, automatic=not final)
         if seg is None:
