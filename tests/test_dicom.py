@@ -275,7 +275,7 @@ def test_prepare_data_dicom_converts_series_and_their_seg_labels(series, seg_of,
     import prepare_data
 
     studies = tmp_path / "studies"
-    geometry, label = seg_of
+    _, label = seg_of
     for i in range(4):  # four labelled series, each with its SEG in a folder of its own
         write_series(volume, np.diag([0.8, 0.8, 3.0, 1.0]), studies / f"patient{i}" / "MR")
         _, _, g, _ = read_series(studies / f"patient{i}" / "MR")

@@ -88,7 +88,7 @@ for image, pred in pairs:
 """
 
 
-def run(zip_path: str, input: str, output_dir: str | None = None, venv: str = ".venv-standalone",  # noqa: A002
+def run(zip_path: str, input: str, output_dir: str | None = None, venv: str = ".venv-standalone",
         workdir: str | None = None, output_format: str = "nifti") -> None:
     """Install, unzip and segment (see the module docstring)."""
     zip_file, source = Path(zip_path).resolve(), Path(input).resolve()

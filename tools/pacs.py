@@ -23,8 +23,7 @@ try:
 except ImportError:  # imported from elsewhere rather than run as `python tools/<tool>.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import cli
-from volssl.io import VolsslInputError
-from volssl.io import orthanc
+from volssl.io import VolsslInputError, orthanc
 from volssl.io.dicom import dicom_case_folders, dicom_files
 from volssl.io.dicomweb import search, store_files
 

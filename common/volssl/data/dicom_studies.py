@@ -110,8 +110,9 @@ def dicom_to_datalist(studies_dir, output_dir, n_labeled: int | None = None, n_v
         refs = segs.get(series.uid, [])
         used_segs.update(refs)
         if len(refs) > 1:
-            warnings.append((str(folder), f"{len(refs)} SEG objects reference series {series.uid} "
-                                          f"({', '.join(str(p) for p in refs)}): kept as unlabelled; keep one SEG"))
+            problem = (f"{len(refs)} SEG objects reference series {series.uid} ({', '.join(str(p) for p in refs)}): "
+                       "kept as unlabelled; keep one SEG")
+            warnings.append((str(folder), problem))
         elif refs:
             try:
                 label, found = read_segmentation(refs[0], geometry)
@@ -129,8 +130,8 @@ def dicom_to_datalist(studies_dir, output_dir, n_labeled: int | None = None, n_v
     for ref, paths in segs.items():
         for path in paths:
             if path not in used_segs:
-                warnings.append((str(path), f"SEG of series {ref or '(none named)'}, which is not among the converted "
-                                            "series: left out"))
+                problem = f"SEG of series {ref or '(none named)'}, which is not among the converted series: left out"
+                warnings.append((str(path), problem))
     if not labelled and not unlabelled:
         raise VolsslInputError(studies, f"no series passed its checks ({len(warnings)} problem(s), the first: "
                                         f"{warnings[0][0]}: {warnings[0][1]})")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import VolsslInputError
 
-__all__ = ["ORTHANC_BINARIES", "DICOMWEB_PLUGINS", "find_orthanc", "running", "start", "stop"]
+__all__ = ["DICOMWEB_PLUGINS", "ORTHANC_BINARIES", "find_orthanc", "running", "start", "stop"]
 
 ORTHANC_BINARIES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc", "/usr/local/bin/Orthanc")
 DICOMWEB_PLUGINS = ("/usr/lib/orthanc/libOrthancDicomWeb.so", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",

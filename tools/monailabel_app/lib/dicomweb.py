@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from dicomweb_client import DICOMwebClient
-from monailabel.datastore.dicom import DICOMWebDatastore, DICOMwebClientX
+from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.datastore.utils.convert import binary_to_image
 from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
@@ -96,7 +96,8 @@ def write_seg(series_dir, label_file, names: dict[int, str], description: str, a
                                           skip_missing_segment=False)
     sources = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in sorted(Path(series_dir).iterdir())
                if f.is_file()]
-    output = tempfile.NamedTemporaryFile(suffix=".dcm", delete=False).name
+    handle, output = tempfile.mkstemp(suffix=".dcm")
+    os.close(handle)
     writer.write(mask, sources).save_as(output)
     return output
 
