@@ -151,6 +151,7 @@ def test_inference_inputs_over_a_folder_of_series(series, seg_of, volume, tmp_pa
     write_segmentation(label, geometry, {1: "a", 2: "b"}, root / "p4" / "seg_only" / "seg.dcm")
     beside = _copy_series(series, root / "p5" / "with_seg")
     write_segmentation(label, geometry, {1: "a", 2: "b"}, beside / "seg.dcm")
+    (root / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)  # an export's index: not a case
     inputs = InferenceInputs(root)
     assert [e["case"] for e in inputs.good] == ["p1_SE000001", "p2_SE000001", "p5_with_seg"]
     skipped = dict(inputs.skipped)

@@ -76,12 +76,17 @@ def is_dicom_file(path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
+MEDIA_DIRECTORY = "DICOMDIR"  # the index file of a DICOM export (PS3.10): it lists the others, it is no case
+
+
 def dicom_files(folder) -> list[Path]:
-    """The DICOM files directly in ``folder`` (not in its subfolders), sorted by name; hidden files are skipped."""
+    """The DICOM files directly in ``folder`` (not in its subfolders), sorted by name; hidden files and the media
+    directory (``DICOMDIR``) are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_dicom_file(p))
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.name.upper() != MEDIA_DIRECTORY and is_dicom_file(p))
 
 
 def dicom_case_folders(root) -> list[Path]:
