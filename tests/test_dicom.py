@@ -163,6 +163,17 @@ def test_inference_inputs_over_a_folder_of_series(series, seg_of, volume, tmp_pa
         inputs.report()
 
 
+def test_two_inputs_with_one_output_name_are_not_both_written(series, tmp_path):
+    for study in ("a", "b"):
+        _copy_series(series, tmp_path / study / "SE1")
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"test": [{"image": "a/SE1"}, {"image": "b/SE1"}]}))
+    inputs = InferenceInputs(datalist)
+    assert [e["case"] for e in inputs.good] == ["SE1"]
+    assert "its case name 'SE1' is also that of" in inputs.skipped[0][1]
+    assert [e["case"] for e in InferenceInputs(tmp_path).good] == ["a_SE1", "b_SE1", "good"], "a folder keeps them apart"
+
+
 def test_dicom_seg_output_needs_a_dicom_input(series, tmp_path):
     nifti = tmp_path / "image.nii.gz"
     nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 24, 8)).astype(np.float32), np.eye(4)), nifti)

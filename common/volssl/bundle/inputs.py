@@ -4,8 +4,8 @@
 NIfTI files and/or series folders, or a datalist and a role) and checks every image first: readable, 3D with one
 channel, finite values, a plausible size; for a DICOM folder also one image series per case, no missing or duplicate
 slices, even slice spacing (:mod:`volssl.io.dicom`), objects that are not images (SEG, SR, ...) ignored with a line,
-and a folder holding only such objects skipped. A bad image is
-reported (one line naming the file or folder and the problem) and skipped; the good ones are segmented; at the end
+and a folder holding only such objects skipped. A bad image is reported (one line naming the file or folder and the
+problem) and skipped; the good ones are segmented; two inputs whose outputs would have one name are too; at the end
 :meth:`InferenceInputs.report` ends the run with a :class:`~volssl.io.VolsslInputError` listing the skipped files (so
 the exit status is non-zero). With ``stop_on_error`` the first bad image stops the run before anything is segmented.
 
