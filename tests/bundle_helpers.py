@@ -101,12 +101,15 @@ def undeclared_modules(bundle_dir: Path) -> list[str]:
     declared = {n.lower() for n in meta["required_packages_version"]} | {"torch", "monai", "numpy"}
     wanted = (_requirement_names(REPO_ROOT / "requirements.txt") | _requirement_names(REPO_ROOT / "requirements-dev.txt"))
     undeclared = wanted - declared
+
     def undeclared_dist(dist: str) -> bool:  # itk's modules come from itk-core, itk-io, ...
         dist = dist.lower()
         return dist in undeclared or any(dist.startswith(f"{name}-") for name in undeclared)
 
+    # a module several distributions provide (itk: itk-core, itk-io, ...) is there when one declared package brings it
     return sorted(mod for mod, dists in packages_distributions().items()
-                  if any(undeclared_dist(d) for d in dists) and not mod.startswith("_"))
+                  if any(undeclared_dist(d) for d in dists) and not any(d.lower() in declared for d in dists)
+                  and not mod.startswith("_"))
 
 
 def standalone_env(bundle_dir: Path) -> dict:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -109,6 +109,19 @@ def test_server_command_listens_on_loopback_only(tmp_path, exported):
     assert cmd[:4] == ["/venv/bin/python", "-m", "monailabel.main", "start_server"]
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
     assert cmd[cmd.index("--conf") + 1 : cmd.index("--conf") + 3] == ["models", "a,b"]
+
+
+def test_server_command_and_settings_for_a_dicomweb_url(tmp_path):
+    url = "http://127.0.0.1:8042/dicom-web"
+    assert serve.is_url(url) and not serve.is_url(tmp_path)
+    cmd = serve.server_command("/venv/bin/python", tmp_path / "app", url, ["a"], 8123)
+    assert cmd[cmd.index("--studies") + 1] == url, "a URL is passed on as it is, not made a path"
+    env = serve.dicomweb_environment(tmp_path / "app", "MR", environ={})
+    assert json.loads(env["MONAI_LABEL_DICOMWEB_SEARCH_FILTER"]) == {"Modality": "MR"}
+    assert env["MONAI_LABEL_DICOMWEB_CACHE_PATH"] == str((tmp_path / "app").resolve() / "dicomweb_cache")
+    assert env["MONAI_LABEL_DICOMWEB_CACHE_EXPIRY"] == "0"
+    kept = serve.dicomweb_environment(tmp_path / "app", "MR", environ={"MONAI_LABEL_DICOMWEB_SEARCH_FILTER": "{}"})
+    assert "MONAI_LABEL_DICOMWEB_SEARCH_FILTER" not in kept, "the user's own setting wins"
 
 
 # ----------------------------------------------------------------------------- what MONAI Label reads from bundles

@@ -42,8 +42,9 @@ def test_coral_on_hippocampus_trains_evaluates_exports_and_runs_standalone(hippo
 @pytest.mark.slow
 def test_exported_bundle_in_a_fresh_virtual_environment(hippocampus_dir, tmp_path):
     """The real thing behind the standalone tests' import guard: tools/check_standalone.py builds a virtual
-    environment with only the metadata's packages and segments a hippocampus image with the unzipped bundle
-    (minutes: pip installs torch and MONAI; run with `-m slow`)."""
+    environment with only the metadata's packages and segments a hippocampus image with the unzipped bundle, then
+    the same image written as a DICOM series, as NIfTI and as DICOM SEG (minutes: pip installs torch, MONAI and ITK;
+    run with `-m slow`)."""
     import subprocess
     import sys
 
@@ -65,3 +66,14 @@ def test_exported_bundle_in_a_fresh_virtual_environment(hippocampus_dir, tmp_pat
                           capture_output=True, text=True, timeout=1800, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "[standalone] ok: 1 label map(s)" in proc.stdout
+    from dicom_helpers import nifti_to_series
+
+    series = tmp_path / "dicom" / "case1"
+    nifti_to_series(image, series)
+    for output_format, line in (("nifti", "on the grid of"), ("dicom_seg", "frames on the source slices")):
+        proc = subprocess.run([sys.executable, str(tool / "check_standalone.py"), str(zip_path), str(series),
+                               "--venv", str(tmp_path / "venv"), "--workdir", str(tmp_path / f"work_{output_format}"),
+                               "--output_format", output_format],
+                              capture_output=True, text=True, timeout=1800, check=False)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        assert line in proc.stdout and "[standalone] ok: 1 label map(s)" in proc.stdout

@@ -69,7 +69,9 @@ SHIPPED_CONFIGS = (
 )
 # run-time packages the bundles declare in metadata.json (pip names); torch, monai and numpy have their own keys.
 # fire: `python -m monai.bundle` itself needs it, and a plain `pip install monai` does not bring it.
-REQUIRED_PACKAGES = ("fire", "nibabel", "pytorch-ignite", "tqdm", "scipy", "tensorboard", "matplotlib")
+# itk-io, pydicom, highdicom: DICOM series in (ITK through MONAI's ITKReader, headers by pydicom), DICOM SEG out.
+REQUIRED_PACKAGES = ("fire", "nibabel", "pytorch-ignite", "tqdm", "scipy", "tensorboard", "matplotlib", "itk-io",
+                     "pydicom", "highdicom")
 # overlays are parsed on top of the config they extend
 OVERLAY_BASES = {
     "multi_gpu_train.json": "train.json",

@@ -7,6 +7,8 @@
 #   bash tools/monailabel.sh serve --studies DIR [--port 8000] [--app_dir DIR] [--replace] BUNDLE [BUNDLE ...]
 #       each BUNDLE an exported zip (<name>_v<version>.zip) or a bundle folder; lays out the app (our app code and
 #       the bundles in its model/ folder) and runs `monailabel start_server` on 127.0.0.1 in the foreground.
+#       DIR is a folder of NIfTI images or a DICOMweb URL (a PACS, e.g. http://127.0.0.1:8042/dicom-web from
+#       `bash tools/pacs.sh start`): labels and segmentations then go back to the PACS as DICOM SEG.
 #       The served bundles are copies: retraining changes the app's copy, never BUNDLE; a later `serve` keeps the
 #       retrained copy unless --replace is given. See the README, "Use with MONAI Label".
 set -euo pipefail
@@ -15,7 +17,7 @@ venv="${VOLSSL_MONAILABEL_VENV:-$root/.venv-monailabel}"
 python="${PYTHON:-python3}"
 
 usage() {
-    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 

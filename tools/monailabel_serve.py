@@ -3,6 +3,12 @@
     python tools/monailabel_serve.py --studies DIR [--port 8000] [--app_dir runs/monailabel/app] [--replace]
                                      [--python PATH] BUNDLE [BUNDLE ...]
 
+``--studies`` is a folder of images (NIfTI) or the URL of a DICOMweb service (a PACS, e.g. ``tools/pacs.sh``'s
+``http://127.0.0.1:8042/dicom-web``): then MONAI Label reads the series from it and stores labels and segmentations
+back as DICOM SEG (see ``tools/monailabel_app/lib/dicomweb.py``); the series it lists are those of ``--modality``
+(default MR), its download cache is ``<app_dir>/dicomweb_cache`` and its series lists are not cached, so a label
+saved a moment ago counts at once.
+
 Each BUNDLE is an exported zip (``<name>_v<version>.zip`` with a top folder ``<name>/``) or a bundle folder. The app
 folder gets our app code (``tools/monailabel_app``: ``main.py`` + ``lib/``) and a copy of each bundle in
 ``model/<name>/``. Training writes into that copy (``models/model.pt``, checkpoints, logs), never into BUNDLE; a later
@@ -14,6 +20,7 @@ Standard library only: the layout is checked by the default test suite without M
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -107,13 +114,29 @@ def layout_app(app_dir, bundles, replace: bool = False, log=print) -> list[str]:
     return names
 
 
+def is_url(studies) -> bool:
+    """Whether ``--studies`` names a DICOMweb service rather than a folder."""
+    return str(studies).startswith(("http://", "https://"))
+
+
+def dicomweb_environment(app_dir, modality: str = "MR", environ=None) -> dict[str, str]:
+    """MONAI Label's settings for a DICOMweb datastore (environment variables; the user's own values are kept)."""
+    environ = os.environ if environ is None else environ
+    wanted = {
+        "MONAI_LABEL_DICOMWEB_SEARCH_FILTER": json.dumps({"Modality": modality} if modality else {}),
+        "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(Path(app_dir).resolve() / "dicomweb_cache"),
+        "MONAI_LABEL_DICOMWEB_CACHE_EXPIRY": "0",  # QIDO lists not cached: a label just saved counts at once
+    }
+    return {k: v for k, v in wanted.items() if k not in environ}
+
+
 def server_command(python: str, app_dir, studies, names: list[str], port: int) -> list[str]:
     """``monailabel start_server`` on 127.0.0.1 for these bundles, run with the environment's Python directly (the
     ``monailabel`` launcher script runs whichever ``python`` is first on PATH)."""
     return [
         python, "-m", "monailabel.main", "start_server",
         "--app", str(Path(app_dir).resolve()),
-        "--studies", str(Path(studies).resolve()),
+        "--studies", str(studies) if is_url(studies) else str(Path(studies).resolve()),
         "--host", "127.0.0.1",
         "--port", str(port),
         "--conf", "models", ",".join(names),
@@ -123,24 +146,34 @@ def server_command(python: str, app_dir, studies, names: list[str], port: int) -
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundles", nargs="+", metavar="BUNDLE", help="exported bundle zip or bundle folder")
-    parser.add_argument("--studies", required=True, help="folder of images (NIfTI); labels go to DIR/labels/final")
+    parser.add_argument("--studies", required=True, help="folder of images (NIfTI; labels go to DIR/labels/final) or "
+                                                         "a DICOMweb URL (a PACS; labels go back to it as DICOM SEG)")
+    parser.add_argument("--modality", default="MR", help="with a DICOMweb URL: the modality of the series served")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--app_dir", default=str(DEFAULT_APP_DIR), help="where the app is laid out")
     parser.add_argument("--replace", action="store_true", help="replace served copies kept from an earlier serve")
     parser.add_argument("--python", default=sys.executable, help="the Python of the MONAI Label environment")
     parser.add_argument("--dry_run", action="store_true", help="lay out the app and print the command only")
     args = parser.parse_args(argv)
-    if not Path(args.studies).is_dir():
-        raise SystemExit(f"--studies {args.studies}: no such folder")
+    if not is_url(args.studies) and not Path(args.studies).is_dir():
+        raise SystemExit(f"--studies {args.studies}: no such folder (or give a DICOMweb URL, http://...)")
     try:
         names = layout_app(args.app_dir, args.bundles, replace=args.replace)
     except BundleError as error:
         raise SystemExit(f"[monailabel] {error}") from None
     cmd = server_command(args.python, args.app_dir, args.studies, names, args.port)
     print("[monailabel] $ " + " ".join(cmd), flush=True)
+    env = dict(os.environ)
+    if is_url(args.studies):
+        extra = dicomweb_environment(args.app_dir, args.modality)
+        env.update(extra)
+        for key, value in extra.items():
+            print(f"[monailabel] {key}={value}")
+        # MONAI Label runs helper commands by name; the environment's own bin first
+        env["PATH"] = f"{Path(args.python).parent}{os.pathsep}{env.get('PATH', '')}"
     if args.dry_run:
         return
-    os.execv(cmd[0], cmd)
+    os.execve(cmd[0], cmd, env)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ Subcommands (a ``fire`` CLI; ``--help`` after a subcommand lists its arguments):
   list is split into labelled and unlabelled patients). The h5 files store no spacing: give it with ``--spacing``.
 - ``la``: UA-MT left-atrium h5 volumes -> NIfTI + ``datalist.json`` (test.list kept; validation, labelled and
   unlabelled cases taken from train.list).
+- ``dicom``: a folder of DICOM studies -> NIfTI copies + ``datalist.json``: every image series a case (checked as
+  bundle inference checks its DICOM inputs), the DICOM SEG that references a series its label; labelled cases split
+  into labelled / validation / test, series without a SEG unlabelled.
 - ``check``: validate a datalist and load every case, reporting all problems at once.
 
 Examples (from the project root; the data stay in ../shared/data, the outputs go wherever you say)::
@@ -19,11 +22,13 @@ Examples (from the project root; the data stay in ../shared/data, the outputs go
     python tools/prepare_data.py acdc ../shared/data/acdc /tmp/acdc_nifti --spacing 1.5625,1.5625,10 \\
         --n_labeled_patients 7 --seed 0
     python tools/prepare_data.py la ../shared/data/la_half /tmp/la_nifti --n_labeled 8 --n_val 8 --seed 0
+    python tools/prepare_data.py dicom /data/studies /tmp/studies_nifti --n_val 2 --n_test 2 --seed 0
     python tools/prepare_data.py check /tmp/la_nifti/datalist.json
 
 Each command prints where it wrote the datalist and the number of cases of each role. ``msd`` and ``check`` print a
 ``warning: <file>: <problem>`` line for each NIfTI file next to the listed cases that no role lists and for each
-label without an image. Bad input (including NaN/Inf voxels in an image) ends with one line
+label without an image; ``dicom`` one for each series, object or SEG it leaves out (a series that fails its checks,
+an SR, a SEG of no converted series). Bad input (including NaN/Inf voxels in an image) ends with one line
 ``error: <file>: <problem>`` and exit status 2 (the convention of every tool, see tools/cli.py).
 """
 
@@ -46,6 +51,7 @@ from volssl.data.converters import (
     msd_unlisted,
     role_counts,
 )
+from volssl.data.dicom_studies import dicom_to_datalist
 
 
 def _report(what: str, path, counts: dict[str, int]) -> None:
@@ -135,6 +141,24 @@ def la(
     _report("wrote", Path(output_dir) / "datalist.json", role_counts(datalist))
 
 
+def dicom(studies_dir: str, output_dir: str, n_labeled: int | None = None, n_val: int = 0, n_test: int = 0,
+          seed: int = 0) -> None:
+    """Convert DICOM series (and their SEG labels) to NIfTI and write ``<output_dir>/datalist.json``.
+
+    Args:
+        studies_dir: the folder of DICOM studies (any layout; every image series is a case).
+        output_dir: where ``imagesTr/``, ``labelsTr/`` and ``datalist.json`` go.
+        n_labeled: labelled training cases (default: every labelled case not in validation or test).
+        n_val: validation cases (labelled).
+        n_test: test cases (labelled).
+        seed: split seed.
+    """
+    datalist, warnings = dicom_to_datalist(studies_dir, output_dir, n_labeled, n_val, n_test, seed)
+    for path, problem in warnings:
+        cli.warn(path, problem)
+    _report("wrote", Path(output_dir) / "datalist.json", role_counts(datalist))
+
+
 def check(datalist: str, dataset_dir: str | None = None) -> None:
     """Validate a datalist and load every case (all problems are reported together).
 
@@ -148,7 +172,7 @@ def check(datalist: str, dataset_dir: str | None = None) -> None:
     _report("ok", datalist, counts)
 
 
-COMMANDS = {"msd": msd, "split": msd, "acdc": acdc, "la": la, "check": check}
+COMMANDS = {"msd": msd, "split": msd, "acdc": acdc, "la": la, "dicom": dicom, "check": check}
 
 
 def main(argv: list[str] | None = None) -> int:

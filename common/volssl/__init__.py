@@ -2,7 +2,8 @@
 
 Sub-packages, one job each:
 
-- :mod:`volssl.io`: reading and writing NIfTI and h5 files with clear errors on bad input.
+- :mod:`volssl.io`: reading and writing NIfTI, h5 and DICOM (series in through ITK, SEG out) with clear errors on
+  bad input.
 - :mod:`volssl.data`: the datalist format, splits, converters for the papers' data and the synthetic phantoms.
 - :mod:`volssl.metrics`: per-case 3D metrics, pooled-slice 2D Dice and folder evaluation.
 - :mod:`volssl.networks`, :mod:`volssl.losses`, :mod:`volssl.engines`: the methods' networks, losses and Ignite steps.
@@ -11,7 +12,8 @@ Sub-packages, one job each:
   training record).
 
 Importing it needs only what the bundles' ``metadata.json`` declares (torch, monai, numpy, nibabel, pytorch-ignite,
-tqdm, scipy; tensorboard and matplotlib are imported where used); h5py is imported by the converters only.
+tqdm, scipy; tensorboard, matplotlib, itk, pydicom and highdicom are imported where used); h5py is imported by the
+converters only.
 """
 
 __version__ = "0.1.0"

@@ -6,8 +6,14 @@ network), each bundle runs with its own vendored ``volssl``, CRLN trains semi-su
 images, a repeated ``/train`` starts a new run from the current model, and a bundle that fails to load is reported
 and skipped instead of stopping the server.
 
+With ``--studies <DICOMweb URL>`` (a PACS, e.g. Orthanc from ``tools/pacs.sh``) the datastore is
+``lib/dicomweb.py``'s: labels and, unless ``store_results`` is false, every ``/infer`` result on a PACS series are
+stored in the PACS as DICOM SEG objects with the bundles' class names; only submitted labels count as labels.
+
 Conf (``monailabel start_server --conf KEY VALUE``): ``models`` (comma-separated bundle folder names; default: all),
-``skip_trainers`` (true: inference only), ``preload`` (true: load the networks at start-up).
+``skip_trainers`` (true: inference only), ``preload`` (true: load the networks at start-up), ``store_results``
+(PACS only; default true: ``/infer`` on a series stores its result in the PACS, as a request's
+``{"save_label": true}`` does).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ provide_torchvision_utils_if_missing()
 
 import monailabel
 from lib.tasks import VolsslBundleInferTask, VolsslBundleTrainTask
-from lib.volssl_bundles import find_bundles
+from lib.volssl_bundles import find_bundles, label_names, read_metadata
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
@@ -46,6 +53,25 @@ class VolsslBundlesApp(MONAILabelApp):
             description="Label-efficient segmentation bundles (CORAL, SAL, CRLN) served from local bundle folders",
             version=monailabel.__version__,
         )
+
+    def _init_dicomweb_datastore(self):
+        from lib.dicomweb import make_datastore
+
+        names = {name: {k: v for k, v in label_names(read_metadata(path)).items() if k != 0}
+                 for name, path in self.bundles.items()}
+        logger.info(f"PACS (DICOMweb) datastore: {self.studies}; SEG class names {names}")
+        return make_datastore(self.studies, names, settings)
+
+    def infer(self, request, datastore=None):
+        """MONAI Label's ``infer``; on a PACS series the result is also stored in the PACS (``store_results``)."""
+        from lib.dicomweb import VolsslDICOMWebDatastore
+
+        store = strtobool(self.conf.get("store_results", "true"))
+        image = request.get("image")
+        if store and isinstance(self.datastore(), VolsslDICOMWebDatastore) and isinstance(image, str) \
+                and not os.path.exists(image) and "save_label" not in request:
+            request = {**request, "save_label": True}
+        return super().infer(request, datastore)
 
     def init_infers(self):
         infers = {}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import VolsslInputError, check_same_grid, load_nifti
+from ..io import VolsslInputError, check_same_grid, dicom_case_folders, load_nifti
 
 __all__ = [
     "IMAGE_KEY",
@@ -45,6 +45,7 @@ __all__ = [
     "load_role",
     "load_images",
     "inference_inputs",
+    "dicom_case_name",
 ]
 
 IMAGE_KEY = "image"
@@ -179,7 +180,8 @@ def resolve_role(datalist: Mapping, role: str, dataset_dir=None, check_exists: b
             if item.get(key):
                 p = Path(item[key])
                 p = p if p.is_absolute() else base / p
-                if check_exists and not p.is_file():
+                # an image may be a DICOM series folder (inference inputs); a label is always a file
+                if check_exists and not (p.is_file() or (key == IMAGE_KEY and p.is_dir())):
                     raise VolsslInputError(p, f"file not found (listed as '{key}' in '{role}' of {datalist.get('_path', 'the datalist')})")
                 item[key] = str(p.resolve()) if p.exists() else str(p)
         out.append(item)
@@ -259,21 +261,34 @@ def load_images(datalist_path, roles: Iterable[str] = ("training", "unlabeled"),
     return images
 
 
+def dicom_case_name(root, folder) -> str:
+    """The case name of a DICOM series folder found under ``root``: its path below ``root`` joined with ``_``
+    (``patient1/T1`` -> ``patient1_T1``; series folders named ``SE000001`` in every study stay apart), or the
+    folder's own name when it is ``root``."""
+    parts = Path(folder).absolute().relative_to(Path(root).absolute()).parts
+    return "_".join(parts) if parts else Path(folder).absolute().name
+
+
 def inference_inputs(source, role: str = "test") -> list[dict]:
-    """The images to segment, as ``[{"image": path}, ...]``, from a datalist JSON (its ``role``), a folder (every
-    ``.nii``/``.nii.gz`` in it, sorted) or a single NIfTI file.
+    """The images to segment, as ``[{"image": path}, ...]``, from a datalist JSON (its ``role``; an image may be a
+    DICOM series folder), a folder (every ``.nii``/``.nii.gz`` in it, sorted, and every folder under it that holds
+    DICOM files, each one case with a ``"case"`` name from :func:`dicom_case_name`), or a single NIfTI file.
 
     Raises:
-        VolsslInputError: a missing source, or a folder with no NIfTI file.
+        VolsslInputError: a missing source, or a folder with neither NIfTI files nor DICOM files.
     """
     path = Path(source)
     if path.suffix == ".json":
         return [{IMAGE_KEY: e[IMAGE_KEY]} for e in load_role(path, role)]
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
-        if not files:
-            raise VolsslInputError(path, "no .nii or .nii.gz file in this folder")
-        return [{IMAGE_KEY: str(p.absolute())} for p in files]  # absolute, not resolved: names as the user sees them
+        entries = [{IMAGE_KEY: str(p.absolute())} for p in files]  # absolute, not resolved: names as the user sees them
+        entries += [{IMAGE_KEY: str(folder.absolute()), "case": dicom_case_name(path, folder)}
+                    for folder in dicom_case_folders(path)]
+        if not entries:
+            raise VolsslInputError(path, "no .nii or .nii.gz file and no DICOM file in this folder or below it")
+        return entries
     if path.is_file():
         return [{IMAGE_KEY: str(path.absolute())}]
-    raise VolsslInputError(path, "input not found (expected a datalist .json, a folder of NIfTI files or a NIfTI file)")
+    raise VolsslInputError(path, "input not found (expected a datalist .json, a folder of NIfTI files or DICOM series, "
+                                 "or a NIfTI file)")
