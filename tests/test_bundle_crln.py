@@ -172,7 +172,7 @@ def test_splits_and_monai_label_injection(workspace):
     injected = [{k: str(workspace["root"] / "data" / v) for k, v in dl["training"][0].items()}]
     parser["train#dataset#data"] = injected
     loader = parser.get_parsed_content("train#dataloader")
-    assert len(loader.dataset) == 1 and len(loader) == TINY["iterations_per_epoch"]
+    assert len(loader.cache) == 1 and len(loader) == TINY["iterations_per_epoch"]  # the batched path (default)
     batch = next(iter(loader))
     assert tuple(batch["image"].shape) == (2, 1, *TINY["patch_size"])
     assert tuple(batch["label"].shape) == (2, 1, *TINY["patch_size"])

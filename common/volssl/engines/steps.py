@@ -133,7 +133,8 @@ class SupervisedStep(TrainingStep):
 
 class EvaluationStep(TrainingStep):
     """The ``iteration_update`` of a ``SupervisedEvaluator``: ``engine.inferer`` under the precision policy's
-    autocast (MONAI's evaluator autocasts on CUDA only), predictions returned in float32.
+    autocast (MONAI's evaluator autocasts on CUDA only), predictions returned in float32. The inputs keep their
+    type (a MetaTensor's metadata reaches the prediction, as with MONAI's own iteration).
 
     ``engine.state.output`` is ``{"image", "label", "pred"}`` as with MONAI's evaluator iteration.
     """
@@ -144,10 +145,16 @@ class EvaluationStep(TrainingStep):
         self.image_key = image_key
         self.label_key = label_key
 
+    def _keep_meta(self, engine, value):
+        # MetaTensors stay MetaTensors (the prediction inherits the image's metadata: the writers need its affine)
+        if isinstance(value, torch.Tensor):
+            return value.to(device=engine.state.device, non_blocking=engine.non_blocking)
+        return self.to_device(engine, value)
+
     def __call__(self, engine, batchdata: dict) -> dict:
-        image = self.to_device(engine, batchdata[self.image_key])
+        image = self._keep_meta(engine, batchdata[self.image_key])
         label = batchdata.get(self.label_key)
-        label = self.to_device(engine, label) if label is not None else None
+        label = self._keep_meta(engine, label) if label is not None else None
         with engine.mode(engine.network), self.autocast(engine):
             pred = engine.inferer(image, engine.network)
         engine.state.output = {Keys.IMAGE: image, Keys.LABEL: label, Keys.PRED: pred.float()}
