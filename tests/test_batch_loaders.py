@@ -86,6 +86,11 @@ def test_epoch_batches_one_pass_iterations_and_distributed_shares():
     shares = [torch.cat(list(r.batches(3))) for r in ranks]
     assert len(ranks[0]) == 3 and set(shares[0].tolist()).isdisjoint(shares[1].tolist())
     assert sorted(shares[0].tolist() + shares[1].tolist()) == list(range(12))  # DistributedSampler's partition
+    # with iterations per epoch every process runs that many (CRLN's schedules count iterations), on disjoint draws
+    per_rank = [EpochBatches(12, 2, iterations_per_epoch=3, rank=r, world_size=2) for r in (0, 1)]
+    draws = [torch.cat(list(r.batches(1))) for r in per_rank]
+    assert [len(r) for r in per_rank] == [3, 3] and [d.numel() for d in draws] == [6, 6]
+    assert set(draws[0].tolist()).isdisjoint(draws[1].tolist())
 
 
 def _batches(loader, epoch=None):

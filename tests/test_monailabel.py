@@ -184,8 +184,12 @@ def test_train_with_monailabel_overrides_reads_no_datalist(name, exported, studi
     if semi:
         overrides["unlabeled#data"] = [{"image": str(studies / "phantom_001.nii.gz")}]
     parser = _parser(bundle / "configs" / "train.json", bundle, **overrides)
-    for ids in ("train#dataset", "validate#dataset") + (("unlabeled#dataset",) if semi else ()):
-        assert len(parser.get_parsed_content(ids)) > 0, ids
+    # the training streams read the injected lists through whichever data path the config selects
+    for stream, injected in (("train", pairs),) + ((("unlabeled", overrides["unlabeled#data"]),) if semi else ()):
+        loader = parser.get_parsed_content(f"{stream}#dataloader")
+        volumes = loader.cache.cases if hasattr(loader, "cache") else loader.dataset
+        assert len(volumes) == len(injected), stream
+    assert len(parser.get_parsed_content("validate#dataset")) == len(pairs)
     # the ids MONAI Label sets or inserts into
     assert isinstance(config["train"]["handlers"], list) and "network" in config and "run" in config
     assert {"resume", "train_ckpt_dir"} <= set(config)

@@ -796,5 +796,49 @@ def _centre_crop(array: np.ndarray, size: list[int]) -> tuple[np.ndarray, list[i
     return np.ascontiguousarray(out), shift
 
 
+def compare(baseline_dir: str, other_dir: str, baseline_name: str = "baseline", other_name: str = "other",
+            output: str | None = None, n_boot: int = 10000) -> list[dict]:
+    """Two protocol folders run with the same arms, labelled sets and seeds but another recipe (e.g. the previous
+    data path in fp32 against the batched one in bf16): per (fine-tuning mode, count, arm), the paired difference
+    ``other - baseline`` of the test Dice over the (set, seed) pairs both finished, with the bootstrap and paired t
+    95 % intervals; a Markdown table printed (and written to ``output``).
+    """
+    rows_a, _, _ = collect_rows(baseline_dir)
+    rows_b, _, _ = collect_rows(other_dir)
+
+    def index(rows):
+        return {(r["finetune"], r["label_count"], r["arm"], r["set"], r["seed"]): r for r in rows}
+
+    a, b = index(rows_a), index(rows_b)
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise SystemExit(f"no (mode, count, arm, set, seed) finished in both {baseline_dir} and {other_dir}")
+    out = []
+    for group in sorted({q[:3] for q in common}):
+        keys = [q for q in common if q[:3] == group]
+        stats = paired_summary([b[q]["dice_mean_fg"] for q in keys], [a[q]["dice_mean_fg"] for q in keys],
+                               n_boot=n_boot)
+        per_pair = ", ".join(f"{a[q]['dice_mean_fg']:.3f}/{b[q]['dice_mean_fg']:.3f}" for q in keys)
+        speed = [(a[q].get("its_per_s"), b[q].get("its_per_s")) for q in keys]
+        ratio = [y / x for x, y in speed if x and y]
+        out.append({"finetune": group[0], "label_count": group[1], "arm": group[2], "pairs": per_pair,
+                    "train_s_baseline": sum(a[q]["train_s"] for q in keys),
+                    "train_s_other": sum(b[q]["train_s"] for q in keys),
+                    "its_ratio": statistics.fmean(ratio) if ratio else None, **stats})
+    lines = [f"| mode | count | arm | test Dice per pair ({baseline_name}/{other_name}) | {baseline_name} | "
+             f"{other_name} | {other_name} - {baseline_name} | 95 % CI (bootstrap) | 95 % CI (paired t) | "
+             f"training s ({baseline_name} / {other_name}) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in out:
+        lines.append(f"| {r['finetune']} | {r['label_count']} | {r['arm']} | {r['pairs']} | {r['baseline_mean']:.4f} | "
+                     f"{r['arm_mean']:.4f} | {r['diff_mean']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | "
+                     f"[{r['t_low']:+.4f}, {r['t_high']:+.4f}] | {r['train_s_baseline']:.0f} / "
+                     f"{r['train_s_other']:.0f} |")
+    text = "\n".join(lines)
+    print(text)
+    if output:
+        Path(output).write_text(text + "\n")
+    return out
+
+
 if __name__ == "__main__":
-    fire.Fire({"run": run, "summarize": summarize, "crop": crop})
+    fire.Fire({"run": run, "summarize": summarize, "compare": compare, "crop": crop}, serialize=lambda _: None)

@@ -45,7 +45,9 @@ class EpochBatches:
     Args:
         num_items: how many items there are to draw from.
         batch_size: items per batch.
-        iterations_per_epoch: batches per epoch drawn from successive shuffled passes; ``None``: one pass.
+        iterations_per_epoch: batches per epoch and per process, drawn from successive shuffled passes (under
+            ``torch.distributed`` every process runs this many, on disjoint draws: the iteration-counted schedules
+            of CRLN stay what one process would run); ``None``: one pass, shared out like ``DistributedSampler``.
         drop_last: with one pass, drop the last incomplete batch.
         seed: the run's seed.
         rank, world_size: this process's share under ``torch.distributed`` (``None``: read from it).
@@ -80,8 +82,8 @@ class EpochBatches:
 
     def __len__(self) -> int:
         if self.iterations_per_epoch is not None:
-            total = self.iterations_per_epoch
-        elif self.drop_last:
+            return self.iterations_per_epoch
+        if self.drop_last:
             total = self.num_items // self.batch_size
         else:
             total = math.ceil(self.num_items / self.batch_size)
@@ -109,7 +111,7 @@ class EpochBatches:
         """The item indices of each batch of this process in ``epoch`` (CPU int64 tensors)."""
         g = self.generator("cpu", epoch, stream=0, shared=True)
         if self.iterations_per_epoch is not None:
-            needed = self.iterations_per_epoch * self.batch_size
+            needed = self.iterations_per_epoch * self.batch_size * self.world_size
             order = torch.cat([torch.randperm(self.num_items, generator=g)
                                for _ in range(math.ceil(needed / self.num_items))])[:needed]
         else:

@@ -322,6 +322,7 @@ class VolumeTensorCache:
         volumes = cache_volumes(data, volume_transform, self.keys, num_workers, progress)
         pieces: dict[str, list[torch.Tensor]] = {k: [] for k in self.keys}
         offset, shape = [], []
+        self.cases: list[str] = []  # one name per cached volume, in order
         total = 0
         for v, vol in enumerate(volumes):
             where = _describe(data[v], self.keys, v)
@@ -340,6 +341,8 @@ class VolumeTensorCache:
             offset.append(total)
             shape.append(spatial)
             total += math.prod(spatial)
+            image = data[v].get(image_key) if isinstance(data[v], Mapping) else None
+            self.cases.append(case_id(image) if isinstance(image, (str, os.PathLike)) else f"volume_{v}")
         flat = _FlatBuffers(pieces, torch.device(device), max_device_fraction)
         self.buffers, self.device, self.pinned, self.nbytes = flat.buffers, flat.device, flat.pinned, flat.nbytes
         self.offset = torch.tensor(offset, dtype=torch.int64, device=flat.device)
