@@ -410,8 +410,11 @@ class DicomSeriesReader(_ITKReader):  # type: ignore[misc,valid-type]
     """MONAI's ``ITKReader`` for a DICOM case folder: it reads the folder's image series (picked by SeriesInstanceUID,
     see :func:`select_series`), checked by :func:`check_series`, from its files in slice order.
 
-    ``verify_suffix`` accepts folders only, so in a ``LoadImage(reader=...)`` with MONAI's default readers NIfTI files
-    still go to nibabel. Everything else (array order, LPS -> RAS affine, metadata) is ``ITKReader``'s.
+    ``verify_suffix`` accepts folders only. A file handed to ``read`` goes where MONAI's default reader choice would
+    send it (``.nii``/``.nii.gz`` to nibabel, anything else to ``ITKReader``) instead of failing: MONAI's
+    ``LoadImage(reader=...)`` tries the given reader first and logs "unable to load" for every file it refuses, one
+    line per NIfTI volume of an evaluation. For DICOM everything else (array order, LPS -> RAS affine, metadata) is
+    ``ITKReader``'s.
 
     Args:
         series_uid: picks the series in a folder holding several image series (one UID or a list).
@@ -421,6 +424,17 @@ class DicomSeriesReader(_ITKReader):  # type: ignore[misc,valid-type]
     def __init__(self, series_uid=None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.series_uid = series_uid
+        from monai.data import NibabelReader
+
+        self._nifti = NibabelReader()
+
+    def get_data(self, img):
+        first = img[0] if isinstance(img, (list, tuple)) else img
+        from nibabel.filebasedimages import FileBasedImage
+
+        if isinstance(first, FileBasedImage):
+            return self._nifti.get_data(img)
+        return super().get_data(img)
 
     def verify_suffix(self, filename: Sequence | os.PathLike | str) -> bool:
         names = _ensure_list(filename)
@@ -429,6 +443,10 @@ class DicomSeriesReader(_ITKReader):  # type: ignore[misc,valid-type]
     def read(self, data, **kwargs):
         import itk
 
+        if not self.verify_suffix(data):
+            if self._nifti.verify_suffix(data):
+                return self._nifti.read(data, **kwargs)
+            return super().read(data, **kwargs)
         images = []
         for folder in _ensure_list(data):
             series, _ = select_series(folder, self.series_uid)
