@@ -125,7 +125,7 @@ def measure_loop(loop: str, variant: str, datalist: str, bundles_dir: str, scale
             parser["train#trainer#train_handlers"] = []
         else:
             parser["pretrain#handlers"] = []
-        parser.get_parsed_content("initialize")
+        parser.get_parsed_content("setup")
         trainer = parser.get_parsed_content(f"{section}#trainer")
         loader = trainer.data_loader
         device = torch.device(trainer.state.device)
