@@ -2,7 +2,9 @@
 
     python tools/export_bundle.py export --bundle bundles/coral_mri_segmentation --run_dir runs/coral/bundle \\
         --output_dir dist [--version 0.1.0] [--metrics runs/coral/metrics/metrics_summary.json] [--data_note "..."]
-    python tools/export_bundle.py verify dist/coral_mri_segmentation_v0.1.0.zip     # or an unzipped bundle folder
+        [--key ~/.config/volssl/signing_key]
+    python tools/export_bundle.py verify dist/coral_mri_segmentation_v0.1.0.zip [--public_key SHA256:...]
+    python tools/export_bundle.py key [--key PATH]                                  # the signing key's fingerprint
     python tools/export_bundle.py format bundles [--check]                          # model-zoo JSON style
 
 ``export`` reads the training run's bundle root ``RUN`` (the ``--bundle_root`` of its ``train.json`` run):
@@ -24,9 +26,17 @@ folder ``<name>/`` laid out as a model-zoo bundle:
 - ``docs/``, ``LICENSE``, ``large_files.yml`` (the zoo's format, sha256 hashes) and ``checksums.sha256`` (a sha256 of
   every other file, ``sha256sum -c`` format).
 
-``verify`` exits 0 only when every file's hash matches the manifest, no file is missing or unlisted, the
-``large_files.yml`` hashes match and every config parses (and ``metadata.json`` passes MONAI's ``verify_metadata``
-against the zoo schema kept in ``tools/schema/``); otherwise it prints what is wrong, naming the file, and exits 1.
+``export`` signs ``checksums.sha256`` with the exporter's Ed25519 key (``volssl.bundle.signing``; ``--key``, else
+``$VOLSSL_SIGNING_KEY``, else ``~/.config/volssl/signing_key``, created on first use) into
+``checksums.sha256.sig`` and prints the key's fingerprint, to be published with the zip.
+
+``verify`` checks a zip's members before extracting anything (``volssl.bundle.archive``: no absolute or ``..``
+paths, no links, bounded member count and sizes). With ``--public_key`` it exits 0 only for a bundle signed by that
+key whose files all have their signed hashes (else it names the first file that differs); without it, it says who
+signed the bundle (unchecked) or that the bundle is unsigned. It exits 0 only when every file's hash matches the
+manifest, no file is missing or unlisted, the ``large_files.yml`` hashes match and every config parses (and
+``metadata.json`` passes MONAI's ``verify_metadata`` against the zoo schema kept in ``tools/schema/``); otherwise it
+prints what is wrong, naming the file, and exits 2.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ try:
 except ImportError:  # imported from elsewhere rather than run as `python tools/<tool>.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import cli
+from volssl.bundle import archive, signing
 from volssl.io import VolsslInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -237,6 +248,7 @@ def export(
     metrics: str | None = None,
     data_note: str | None = None,
     weights_url: str = "",
+    key: str | None = None,
 ) -> str:
     """Write ``<output_dir>/<name>_v<version>.zip`` from the training run in ``run_dir``; returns its path.
 
@@ -249,6 +261,8 @@ def export(
             ``eval_metrics`` (default: ``<run_dir>/eval/metrics_summary.json`` when it exists).
         data_note: one sentence on the training and evaluation data of these weights, appended to ``data_source``.
         weights_url: where the weights will be hosted (``large_files.yml`` urls); empty: shipped in the zip only.
+        key: the exporter's Ed25519 signing key (default ``$VOLSSL_SIGNING_KEY``, else
+            ``~/.config/volssl/signing_key``; created on first use): the manifest is signed with it.
     """
     bundle_dir, run = Path(bundle).resolve(), Path(run_dir).resolve()
     configs = bundle_dir / "configs"
@@ -297,10 +311,14 @@ def export(
         _torchscript(stage)
         (stage / LARGE_FILES).write_text(_large_files(stage, weights_url))
         _write_manifest(stage)
-        verify(str(stage))
+        private_key, key_file = signing.load_or_create_key(key)
+        signer = signing.sign_manifest(stage, MANIFEST, private_key)
+        verify(str(stage), public_key=signer)
         zip_path = Path(output_dir).resolve() / f"{name}_v{version}.zip"
         _zip(stage, zip_path)
     print(f"exported {zip_path}")
+    print(f"signed with {key_file}: publish this fingerprint with the zip, partners check it with "
+          f"`verify {zip_path.name} --public_key {signer}`\nfingerprint {signer}")
     return str(zip_path)
 
 
@@ -310,8 +328,7 @@ def _bundle_root(path: Path, workdir: Path) -> Path:
         return path
     if not zipfile.is_zipfile(path):
         raise VolsslInputError(path, "neither a bundle folder nor a zip file")
-    with zipfile.ZipFile(path) as zf:
-        zf.extractall(workdir)
+    archive.safe_extract(path, workdir)  # every member checked before anything is written
     tops = [p for p in workdir.iterdir() if p.is_dir()]
     if len(tops) != 1:
         raise VolsslInputError(path, f"a bundle zip holds exactly one top folder, found {[p.name for p in tops]}")
@@ -333,8 +350,10 @@ def _parse_large_files(text: str) -> list[dict]:
     return entries
 
 
-def check(path: str) -> list[str]:
-    """The problems of the bundle zip or folder at ``path`` (an empty list when it verifies)."""
+def check(path: str, public_key: str | None = None, notes: list[str] | None = None) -> list[str]:
+    """The problems of the bundle zip or folder at ``path`` (an empty list when it verifies); with ``public_key``
+    (a fingerprint, a public key or a key file) the bundle must be signed by that key. What the signature check
+    found (signed by whom, or unsigned) is appended to ``notes``."""
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="volssl_verify_") as tmp:
         root = _bundle_root(Path(path).resolve(), Path(tmp))
@@ -348,7 +367,7 @@ def check(path: str) -> list[str]:
                 problems.append(f"{manifest}: line {number} is not '<sha256>  <path>'")
                 continue
             listed[rel] = digest
-        present = {p.relative_to(root).as_posix() for p in _files(root) if p.name != MANIFEST}
+        present = {p.relative_to(root).as_posix() for p in _files(root)} - {MANIFEST, signing.SIGNATURE}
         for rel in sorted(set(listed) - present):
             problems.append(f"{rel}: listed in {MANIFEST} but missing")
         for rel in sorted(present - set(listed)):
@@ -366,6 +385,10 @@ def check(path: str) -> list[str]:
                     problems.append(f"{entry.get('path')}: sha256 differs from {LARGE_FILES}")
         else:
             problems.append(f"{LARGE_FILES}: not found")
+        signature = signing.check_signature(root, MANIFEST, public_key, sha256, indexes=(LARGE_FILES,))
+        problems = signature.problems + problems  # a file changed after signing is named first
+        if notes is not None:
+            notes.append(signature.note)
         problems += _check_configs(root)
     return problems
 
@@ -399,19 +422,34 @@ def metadata_problems(meta: Path) -> list[str]:
     from monai.bundle import verify_metadata
 
     try:
+        import jsonschema  # noqa: F401 - MONAI imports it optionally and fails with a TypeError when it is missing
+    except ImportError:
+        raise VolsslInputError(meta, "checking it against the model-zoo schema needs the jsonschema package: "
+                               "pip install -r requirements.txt (or pip install jsonschema)") from None
+    try:
         verify_metadata(meta_file=str(meta), filepath=str(SCHEMA), hash_val=SCHEMA_SHA256, hash_type="sha256")
     except Exception as err:  # noqa: BLE001 - jsonschema's ValidationError and friends
         return [f"{meta.name}: fails the model-zoo metadata schema ({type(err).__name__}: {str(err)[:300]})"]
     return []
 
 
-def verify(path: str) -> None:
-    """Exit 0 when the bundle zip or folder at ``path`` verifies; otherwise print each problem and exit 1."""
-    problems = check(path)
+def verify(path: str, public_key: str | None = None) -> None:
+    """Exit 0 when the bundle zip or folder at ``path`` verifies (and, with ``--public_key``, is signed by that key:
+    a fingerprint ``SHA256:...``, a public key or a key file); otherwise print each problem and exit 2."""
+    notes: list[str] = []
+    problems = check(path, public_key=public_key, notes=notes)
     if problems:
         print("\n".join(f"FAIL {p}" for p in problems), file=sys.stderr)
         raise VolsslInputError(path, f"{len(problems)} problem(s), the first: {problems[0]}")
-    print(f"ok {path}: every file matches {MANIFEST}, configs parse, metadata passes the zoo schema")
+    print(f"ok {path}: every file matches {MANIFEST}, configs parse, metadata passes the zoo schema; {notes[0]}")
+
+
+def key(key: str | None = None) -> None:
+    """Print the fingerprint and public key of the signing key ``export`` uses (``--key``, else
+    ``$VOLSSL_SIGNING_KEY``, else ``~/.config/volssl/signing_key``, created on first use)."""
+    private_key, path = signing.load_or_create_key(key)
+    print(f"signing key {path}\npublic key  {signing.public_key_text(private_key.public_key())}\n"
+          f"fingerprint {signing.fingerprint(private_key.public_key())}")
 
 
 def format(*paths: str, check: bool = False) -> None:  # noqa: A001 - the command's name on the command line
@@ -433,4 +471,4 @@ def format(*paths: str, check: bool = False) -> None:  # noqa: A001 - the comman
 
 
 if __name__ == "__main__":
-    cli.main({"export": export, "verify": verify, "format": format}, name="export_bundle.py")
+    cli.main({"export": export, "verify": verify, "format": format, "key": key}, name="export_bundle.py")
