@@ -223,6 +223,7 @@ def test_export_verify_standalone_download_and_load(workspace, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "models/model.pt: sha256 differs" in last
     assert export_tool().check(str(exported)) == []
+    _assert_signature_checks(zip_path, exported, tmp_path)
 
     downloads = tmp_path / "downloads"
     run_standalone(exported, ["download", "--name", BUNDLE.name, "--url", zip_path.as_uri(),
@@ -235,6 +236,48 @@ def test_export_verify_standalone_download_and_load(workspace, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-2] == "UNet2d"
+
+
+def _assert_signature_checks(zip_path: Path, exported: Path, tmp_path: Path) -> None:
+    """The export is signed with the session's key: `verify --public_key <its fingerprint>` passes on the zip; a copy
+    whose models/model.pt was changed and whose checksums.sha256 and large_files.yml were recomputed fails naming
+    models/model.pt; without the signature file the bundle is reported unsigned."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from volssl.bundle import signing
+
+    from bundle_helpers import export_tool
+
+    tool = export_tool()
+    private, _ = signing.load_or_create_key(os.environ[signing.KEY_ENV], create=False)
+    fp = signing.fingerprint(private.public_key())
+
+    def verify(path, *extra):
+        return subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "export_bundle.py"), "verify", str(path),
+                               *extra], capture_output=True, text=True)
+
+    proc = verify(zip_path, "--public_key", fp)
+    assert proc.returncode == 0 and f"signed by the expected key {fp}" in proc.stdout, proc.stderr[-2000:]
+    forged = tmp_path / "forged"
+    shutil.copytree(exported, forged)
+    (forged / "models" / "model.pt").write_bytes((exported / "models" / "model.pt").read_bytes() + b"\0")
+    (forged / tool.LARGE_FILES).write_text(tool._large_files(forged, ""))
+    tool._write_manifest(forged)
+    proc = verify(forged)  # the manifest alone is satisfied: the signature is what catches it
+    assert proc.returncode == 2 and "models/model.pt: sha256 differs from the signed manifest" in proc.stderr
+    proc = verify(forged, "--public_key", fp)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "the first: models/model.pt: sha256 differs from the signed manifest" in last
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(exported, unsigned)
+    (unsigned / signing.SIGNATURE).unlink()
+    proc = verify(unsigned)
+    assert proc.returncode == 0 and "UNSIGNED: integrity only" in proc.stdout
+    proc = verify(unsigned, "--public_key", fp)
+    assert proc.returncode == 2 and "the bundle is unsigned" in proc.stderr
 
 
 def test_pretrain_config_is_the_public_codes(tmp_path):

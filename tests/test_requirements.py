@@ -1,0 +1,47 @@
+"""requirements.txt declares every third-party package that volssl and the tools in tools/ import at run time
+(the tests' own packages are in requirements-dev.txt; tools/monailabel_app has its own requirements file)."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+from bundle_helpers import REPO_ROOT, _requirement_names
+
+# packages that come with another declared one and are imported only through it
+PROVIDED_BY = {"ignite": "pytorch-ignite", "itk": "itk-io", "yaml": None}
+
+
+def _imported_top_modules(files) -> dict[str, str]:
+    """Top-level module -> first file importing it, over absolute imports of ``files``."""
+    found: dict[str, str] = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                found.setdefault(name.split(".")[0], str(path.relative_to(REPO_ROOT)))
+    return found
+
+
+def test_runtime_imports_are_declared_in_requirements_txt():
+    files = sorted((REPO_ROOT / "common" / "volssl").rglob("*.py")) + sorted((REPO_ROOT / "tools").glob("*.py"))
+    local = {p.stem for p in (REPO_ROOT / "tools").glob("*.py")} | {"volssl"}
+    declared = _requirement_names(REPO_ROOT / "requirements.txt")
+    dists = packages_distributions()
+    missing = []
+    for module, where in sorted(_imported_top_modules(files).items()):
+        if module in local or module in sys.stdlib_module_names or module.startswith("_"):
+            continue
+        names = {d.lower() for d in dists.get(module, [])} | ({PROVIDED_BY[module]} if PROVIDED_BY.get(module) else set())
+        if module in PROVIDED_BY and PROVIDED_BY[module] is None:
+            continue
+        if not names & declared:
+            missing.append(f"{module} (imported by {where}; distributions {sorted(names) or 'unknown'})")
+    assert not missing, f"not in requirements.txt: {missing}"
