@@ -11,7 +11,6 @@ trap 'rm -rf "$work"' EXIT
 start=$(date +%s)
 "$python" -m venv "$work/venv"
 venv_python="$work/venv/bin/python"
-"$venv_python" -m pip install --quiet --upgrade pip
 "$venv_python" -m pip install --quiet -r "$root/requirements.txt"
 "$venv_python" -m pip install --quiet --no-deps -e "$root"
 if "$venv_python" -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
