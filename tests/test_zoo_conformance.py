@@ -121,7 +121,7 @@ def test_trained_values_cover_what_inference_and_overlays_set(name):
     assert recorded <= set(train), recorded - set(train)
     assert all(v == f"@{k}" for k, v in train["trained_values"].items())
     plain_infer = {k for k, v in infer.items() if not (isinstance(v, str) and v.startswith(("$", "@")))
-                   and not isinstance(v, dict) and k not in ("imports", "initialize", "run", "handlers")}
+                   and not isinstance(v, dict) and k not in ("imports", "initialize", "setup", "run", "handlers")}
     # channels_last is a memory layout: the same weights give the same network either way
     runtime_only = {"sw_batch_size", "overlap", "sw_mode", "input", "input_role", "bundle_root", "dataset_dir",
                     "channels_last"}
