@@ -229,4 +229,5 @@ def assert_missing_volssl_is_one_line(bundle_dir: Path, source: Path, out: Path)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: {bundle_dir}: volssl, the bundle code, cannot be loaded") and "--config_file" in last, last
+    assert last.startswith(f"error: {bundle_dir}: volssl, the bundle code, cannot be loaded"), last
+    assert "--config_file" in last, last

@@ -262,7 +262,8 @@ def _assert_signature_checks(zip_path: Path, exported: Path, tmp_path: Path) -> 
     (forged / tool.LARGE_FILES).write_text(tool._large_files(forged, ""))
     tool._write_manifest(forged)
     # the manifest alone is satisfied: the signature is what catches it, also when no key is given
-    assert tool.check(str(forged))[0] == "models/model.pt: sha256 differs from the signed manifest (changed after signing)"
+    changed = "models/model.pt: sha256 differs from the signed manifest (changed after signing)"
+    assert tool.check(str(forged))[0] == changed
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "export_bundle.py"), "verify", str(forged),
                            "--public_key", fp], capture_output=True, text=True)
     last = proc.stderr.strip().splitlines()[-1]

@@ -3,6 +3,7 @@ hand-made bundles and crafted zips: no training, a few seconds."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -70,9 +71,8 @@ def test_key_created_once_with_0600_and_a_note(tmp_path, capsys, monkeypatch):
 
 def test_fingerprint_is_sha256_of_the_raw_key(tmp_path):
     private, _ = signing.load_or_create_key(tmp_path / "k")
-    raw = bytes.fromhex(signing.public_key_from(signing.public_key_text(private.public_key())).public_bytes_raw().hex())
-    import base64
-
+    raw = private.public_key().public_bytes_raw()
+    assert signing.public_key_from(signing.public_key_text(private.public_key())).public_bytes_raw() == raw
     assert signing.fingerprint(private.public_key()) == "SHA256:" + base64.b64encode(
         hashlib.sha256(raw).digest()).decode().rstrip("=")
     # a key file, a public key's base64 and the fingerprint itself name the same signer

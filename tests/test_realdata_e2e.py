@@ -97,7 +97,10 @@ def test_every_bundle_runs_from_an_unrelated_directory_in_a_fresh_environment(me
 
     from bundle_helpers import REPO_ROOT, make_tiny_dataset
 
-    tiny_values = {"coral": TINY, "sal": __import__("test_bundle_sal").TINY, "crln": __import__("test_bundle_crln").TINY}
+    import test_bundle_crln
+    import test_bundle_sal
+
+    tiny_values = {"coral": TINY, "sal": test_bundle_sal.TINY, "crln": test_bundle_crln.TINY}
     bundle = BUNDLES / f"{method}_mri_segmentation"
     configs = bundle / "configs"
     datalist = make_tiny_dataset(tmp_path / "data")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import sys
 from importlib.metadata import packages_distributions
-from pathlib import Path
 
 from bundle_helpers import REPO_ROOT, _requirement_names
 
@@ -39,9 +38,9 @@ def test_runtime_imports_are_declared_in_requirements_txt():
     for module, where in sorted(_imported_top_modules(files).items()):
         if module in local or module in sys.stdlib_module_names or module.startswith("_"):
             continue
-        names = {d.lower() for d in dists.get(module, [])} | ({PROVIDED_BY[module]} if PROVIDED_BY.get(module) else set())
         if module in PROVIDED_BY and PROVIDED_BY[module] is None:
             continue
+        names = {d.lower() for d in dists.get(module, [])} | ({PROVIDED_BY[module]} if module in PROVIDED_BY else set())
         if not names & declared:
             missing.append(f"{module} (imported by {where}; distributions {sorted(names) or 'unknown'})")
     assert not missing, f"not in requirements.txt: {missing}"

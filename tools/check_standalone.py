@@ -1,5 +1,6 @@
 """Run an exported bundle the way a partner does: a fresh virtual environment holding only what its metadata.json
-declares, the zip unzipped, inference from an unrelated working directory; then check every label map lies on its image's grid.
+declares, the zip unzipped, inference from an unrelated working directory; then check every label map lies on its
+image's grid.
 
     python tools/check_standalone.py ZIP INPUT [--output_dir OUT] [--output_format nifti|dicom_seg]
                                      [--venv .venv-standalone] [--workdir DIR]

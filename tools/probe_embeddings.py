@@ -9,8 +9,8 @@ Loads the encoder of ``RUN/models/pretrain.pt`` into the bundle's network, built
 (``RUN/models/pretraining_record.json``: ``features``, ``in_channels``, ``patch_size``, the preprocessing; no overlay
 needs repeating, and an ``--overlay`` or ``--overrides`` value that differs from the record is an error naming
 both); without ``--run_dir``: the same encoder at random initialisation, seeded by ``--seed``, from
-``configs/pretrain.json`` and the overlays, embeds every slice of the role's volumes (preprocessed as in pretraining, centre-cropped to the
-pretraining patch or ``--patch_size``) as the globally average-pooled bottleneck features (``--level``), and prints
+``configs/pretrain.json`` and the overlays. Embeds every slice of the role's volumes (preprocessed as in pretraining,
+centre-cropped to the pretraining patch or ``--patch_size``) as the globally average-pooled bottleneck features (``--level``), and prints
 ONE JSON line with ``position_r2``, ``nn_position_error``, ``cosine_mean`` and ``channel_std`` (definitions in
 :mod:`volssl.metrics.embeddings`) plus the counts. Writes ``OUT/embeddings.json`` (the same line) and
 ``OUT/embeddings.png`` (PCA of the L2-normalised embeddings, coloured by slice position, one line per volume).
