@@ -44,3 +44,17 @@ def test_runtime_imports_are_declared_in_requirements_txt():
         if not names & declared:
             missing.append(f"{module} (imported by {where}; distributions {sorted(names) or 'unknown'})")
     assert not missing, f"not in requirements.txt: {missing}"
+
+
+def test_missing_jsonschema_is_a_clear_error(monkeypatch, tmp_path):
+    """MONAI imports jsonschema optionally and, without it, verify_metadata fails with an unrelated TypeError; the
+    export tool says which package is missing instead."""
+    import pytest
+
+    from bundle_helpers import export_tool
+    from volssl.io import VolsslInputError
+
+    monkeypatch.setitem(sys.modules, "jsonschema", None)  # `import jsonschema` now raises ImportError
+    meta = REPO_ROOT / "bundles" / "coral_mri_segmentation" / "configs" / "metadata.json"
+    with pytest.raises(VolsslInputError, match="needs the jsonschema package: pip install -r requirements.txt"):
+        export_tool().metadata_problems(meta)

@@ -94,8 +94,10 @@ def run(zip_path: str, input: str, output_dir: str | None = None, venv: str = ".
     """Install, unzip and segment (see the module docstring)."""
     zip_file, source = Path(zip_path).resolve(), Path(input).resolve()
     work = Path(workdir or tempfile.mkdtemp(prefix="volssl_standalone_")).resolve()
+    from volssl.bundle.archive import safe_extract
+
+    safe_extract(zip_file, work)  # a downloaded zip is untrusted: every member checked before anything is written
     with zipfile.ZipFile(zip_file) as zf:
-        zf.extractall(work)
         (name,) = {n.split("/")[0] for n in zf.namelist()}
     bundle = work / name
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
