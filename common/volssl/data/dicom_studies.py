@@ -164,4 +164,3 @@ def dicom_to_datalist(studies_dir, output_dir, n_labeled: int | None = None, n_v
     save_datalist(datalist, out / DATALIST_NAME)
     check_datalist(out / DATALIST_NAME, progress=False)
     return datalist, warnings
-

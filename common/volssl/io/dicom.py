@@ -164,7 +164,10 @@ def read_instance(path) -> DicomInstance:
             "ReferencedSeriesSequence"])
     except Exception as err:  # pydicom raises several types for damaged files
         raise VolsslInputError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from err
-    get = lambda key: getattr(ds, key, None)
+
+    def get(key):
+        return getattr(ds, key, None)
+
     if not get("SOPInstanceUID") or not get("SeriesInstanceUID"):
         raise VolsslInputError(path, "DICOM file without SOPInstanceUID or SeriesInstanceUID")
     referenced = [str(item.SeriesInstanceUID) for item in (get("ReferencedSeriesSequence") or [])

@@ -153,4 +153,3 @@ def read_segmentation(seg_path, geometry: SeriesGeometry) -> tuple[np.ndarray, d
     for frame, uid in zip(pixels, known):
         label[:, :, slice_of[uid]] = np.asarray(frame).T
     return label, names
-
