@@ -307,3 +307,16 @@ def test_zoo_pull_request_full(zoo_pull_request):
     assert zoo.code_style_problems(bundle) == []
     out = _zoo_verify_in_bundle(bundle, "full")
     assert "data shape" in out and "torchscript" in out
+
+
+def test_verify_of_a_missing_file_says_file_not_found(tmp_path):
+    with pytest.raises(VolsslInputError, match="file not found"):
+        export_tool().check(str(tmp_path / "dist" / "nothing_v0.1.0.zip"))
+
+
+def test_requirements_prints_the_pins_of_metadata(capsys):
+    export_tool().requirements(str(BUNDLES / "coral_mri_segmentation"))
+    meta = json.loads((BUNDLES / "coral_mri_segmentation" / "configs" / "metadata.json").read_text())
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"pip install monai=={meta['monai_version']} torch=={meta['pytorch_version']} ")
+    assert all(f"{k}=={v}" in line.split() for k, v in meta["required_packages_version"].items())
