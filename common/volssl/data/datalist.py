@@ -293,5 +293,5 @@ def inference_inputs(source, role: str = "test") -> list[dict]:
         return entries
     if path.is_file():
         return [{IMAGE_KEY: str(path.absolute())}]
-    raise VolsslInputError(path, "input not found (expected a datalist .json, a folder of NIfTI files or DICOM series, "
-                                 "or a NIfTI file)")
+    expected = "a datalist .json, a folder of NIfTI files or DICOM series, or a NIfTI file"
+    raise VolsslInputError(path, f"input not found (expected {expected})")

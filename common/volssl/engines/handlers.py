@@ -128,8 +128,8 @@ class ResumeFromLatest:
                 self._set_aside(f"{path.name} is from a finished run (epoch {done} of {planned}): a new run starts")
                 path = None
             elif done >= int(engine.state.max_epochs):
-                self._set_aside(f"{path.name} has {done} epochs, this run asks for {engine.state.max_epochs}: "
-                                "a new run starts")
+                asked = engine.state.max_epochs
+                self._set_aside(f"{path.name} has {done} epochs, this run asks for {asked}: a new run starts")
                 path = None
         if path is None:
             self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: starting a new run")

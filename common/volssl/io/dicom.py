@@ -365,8 +365,9 @@ def check_series(series: DicomSeries, folder=None) -> SeriesGeometry:
             raise VolsslInputError(folder, f"{inst.path.name} is {inst.rows} x {inst.columns} pixels, "
                                            f"{first.path.name} {first.rows} x {first.columns}")
         if not np.allclose(inst.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-5):
-            raise VolsslInputError(folder, f"{inst.path.name} has pixel spacing {inst.pixel_spacing}, "
-                                           f"{first.path.name} {first.pixel_spacing}")
+            raise VolsslInputError(
+                folder, f"{inst.path.name} has pixel spacing {inst.pixel_spacing}, {first.path.name} {first.pixel_spacing}"
+            )
     row_dir = np.asarray(first.orientation[:3])  # direction of increasing column index
     col_dir = np.asarray(first.orientation[3:])  # direction of increasing row index
     normal = np.cross(row_dir, col_dir)

@@ -51,8 +51,9 @@ def write_segmentation(label: np.ndarray, geometry: SeriesGeometry, names: Mappi
 
     label = np.asarray(label)
     if tuple(label.shape) != tuple(geometry.shape):
-        raise VolsslInputError(path, f"label map {tuple(label.shape)} is not on the source series' grid "
-                                     f"{tuple(geometry.shape)}")
+        raise VolsslInputError(
+            path, f"label map {tuple(label.shape)} is not on the source series' grid {tuple(geometry.shape)}"
+        )
     classes = {int(k): str(v) for k, v in names.items() if int(k) != 0}
     present = {int(v) for v in np.unique(label)} - {0}
     unnamed = sorted(present - set(classes))
