@@ -18,6 +18,7 @@ and every frame references one of its slices and lies at that slice's position).
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -102,7 +103,7 @@ def run(zip_path: str, input: str, output_dir: str | None = None, venv: str = ".
     out = Path(output_dir or work / "predictions").resolve()
     cmd = [str(python), "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--bundle_root", ".",
            "--input", str(source), "--output_dir", str(out), "--output_format", output_format]
-    print(f"[standalone] cd {bundle} && python {' '.join(cmd[1:])}")
+    print(f"[standalone] cd {shlex.quote(str(bundle))} && {shlex.join(cmd)}")  # the venv's python: pasteable
     start = time.time()
     proc = subprocess.run(cmd, cwd=bundle, check=False)
     if proc.returncode != 0:
