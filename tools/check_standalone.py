@@ -19,6 +19,7 @@ and every frame references one of its slices and lies at that slice's position).
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -110,7 +111,7 @@ def run(zip_path: str, input: str, output_dir: str | None = None, venv: str = ".
     cmd = [str(python), "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
            "--bundle_root", str(bundle), "--input", str(source), "--output_dir", str(out),
            "--output_format", output_format]
-    print(f"[standalone] cd {elsewhere} && python {' '.join(cmd[1:])}")
+    print(f"[standalone] cd {shlex.quote(str(elsewhere))} && {shlex.join(cmd)}")  # the venv's python: pasteable
     start = time.time()
     proc = subprocess.run(cmd, cwd=elsewhere, check=False)
     if proc.returncode != 0:

@@ -3,8 +3,11 @@
     python tools/export_bundle.py export --bundle bundles/coral_mri_segmentation --run_dir runs/coral/bundle \\
         --output_dir dist [--version 0.1.0] [--metrics runs/coral/metrics/metrics_summary.json] [--data_note "..."]
         [--key ~/.config/volssl/signing_key]
-    python tools/export_bundle.py verify dist/coral_mri_segmentation_v0.1.0.zip [--public_key SHA256:...]
+    python tools/export_bundle.py verify dist/coral_mri_segmentation_v0.1.0.zip [--public_key SHA256:...]  # or a folder
     python tools/export_bundle.py key [--key PATH]                                  # the signing key's fingerprint
+    python tools/export_bundle.py export ... --weights_url URL_PREFIX [--without_weights]  # zoo pull-request layout
+    python tools/export_bundle.py fetch BUNDLE_FOLDER        # download the weights large_files.yml lists, hash checked
+    python tools/export_bundle.py requirements ZIP_OR_FOLDER  # the pip line metadata.json pins
     python tools/export_bundle.py format bundles [--check]                          # model-zoo JSON style
 
 ``export`` reads the training run's bundle root ``RUN`` (the ``--bundle_root`` of its ``train.json`` run):
@@ -58,7 +61,7 @@ try:
 except ImportError:  # imported from elsewhere rather than run as `python tools/<tool>.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import cli
-from volssl.bundle import archive, signing
+from volssl.bundle import archive, signing, zoo
 from volssl.io import VolsslInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -208,14 +211,13 @@ def _torchscript(stage: Path) -> None:
 
 
 def _large_files(stage: Path, weights_url: str) -> str:
-    lines = ["large_files:"]
-    for path in sorted((stage / "models").glob("*")):
-        if path.suffix not in (".pt", ".ts"):
-            continue
-        rel = path.relative_to(stage).as_posix()
-        url = f"{weights_url.rstrip('/')}/{path.name}" if weights_url else ""
-        lines += [f'  - path: "{rel}"', f'    url: "{url}"', f'    hash_val: "{sha256(path)}"', '    hash_type: "sha256"']
-    return "\n".join(lines) + "\n"
+    return zoo.large_files_yaml(stage, weights_url)
+
+
+def _copy_record(src: Path, dst: Path, run: Path) -> None:
+    """A training record without the exporting machine's absolute paths (relative to the repository or the run), in
+    the zoo's JSON style."""
+    dst.write_text(zoo_json(zoo.portable_record(_read_json(src), [REPO_ROOT, run])))
 
 
 def _files(root: Path) -> list[Path]:
@@ -249,6 +251,7 @@ def export(
     data_note: str | None = None,
     weights_url: str = "",
     key: str | None = None,
+    without_weights: bool = False,
 ) -> str:
     """Write ``<output_dir>/<name>_v<version>.zip`` from the training run in ``run_dir``; returns its path.
 
@@ -263,7 +266,12 @@ def export(
         weights_url: where the weights will be hosted (``large_files.yml`` urls); empty: shipped in the zip only.
         key: the exporter's Ed25519 signing key (default ``$VOLSSL_SIGNING_KEY``, else
             ``~/.config/volssl/signing_key``; created on first use): the manifest is signed with it.
+        without_weights: the model zoo's pull-request layout: the zip leaves the weight files out (needs
+            ``weights_url``; they go to ``<output_dir>/<name>_v<version>_weights/``, to be uploaded there), and
+            ``fetch`` (or the zoo's CI) downloads them from the URLs, hash checked.
     """
+    if without_weights and not weights_url:
+        raise VolsslInputError("--without_weights", "needs --weights_url URL_PREFIX (where the weights will be hosted)")
     bundle_dir, run = Path(bundle).resolve(), Path(run_dir).resolve()
     configs = bundle_dir / "configs"
     if not (configs / "metadata.json").is_file():
@@ -307,14 +315,19 @@ def export(
         (stage / "models").mkdir()
         for item in ("model.pt", "pretrain.pt", "training_record.json", "pretraining_record.json"):
             if (run / "models" / item).is_file() and (has_pretraining or "pretrain" not in item):
-                shutil.copy2(run / "models" / item, stage / "models" / item)
+                if item.endswith(".json"):
+                    _copy_record(run / "models" / item, stage / "models" / item, run)
+                else:
+                    shutil.copy2(run / "models" / item, stage / "models" / item)
         _torchscript(stage)
         (stage / LARGE_FILES).write_text(_large_files(stage, weights_url))
         _write_manifest(stage)
+        zip_path = Path(output_dir).resolve() / f"{name}_v{version}.zip"
+        if without_weights:  # rewrites the manifest without the weights, so it is signed afterwards
+            stage = _leave_weights_out(stage, zip_path.with_name(f"{name}_v{version}_weights"))
         private_key, key_file = signing.load_or_create_key(key)
         signer = signing.sign_manifest(stage, MANIFEST, private_key)
         verify(str(stage), public_key=signer)
-        zip_path = Path(output_dir).resolve() / f"{name}_v{version}.zip"
         _zip(stage, zip_path)
     print(f"exported {zip_path}")
     print(f"signed with {key_file}: publish this fingerprint with the zip, partners check it with "
@@ -322,8 +335,36 @@ def export(
     return str(zip_path)
 
 
+def _leave_weights_out(stage: Path, weights_dir: Path) -> Path:
+    """Move the weight files of ``stage`` to ``weights_dir`` (for upload) and list the rest in the manifest; the
+    weights stay covered by ``large_files.yml``'s hashes."""
+    if weights_dir.exists():
+        shutil.rmtree(weights_dir)
+    weights_dir.mkdir(parents=True)
+    for path in zoo.weight_files(stage):
+        shutil.move(str(path), weights_dir / path.name)
+    _write_manifest(stage)
+    print(f"weights for {LARGE_FILES}'s urls: {weights_dir}")
+    return stage
+
+
+def requirements(path: str) -> None:
+    """Print the ``pip install`` line that ``configs/metadata.json`` of the bundle zip or folder at ``path`` pins."""
+    with tempfile.TemporaryDirectory(prefix="volssl_requirements_") as tmp:
+        meta = _read_json(_bundle_root(Path(path).resolve(), Path(tmp)) / "configs" / "metadata.json")
+    print("pip install " + " ".join(zoo.bundle_requirements(meta)))
+
+
+def fetch(path: str) -> None:
+    """Download the weights an exported bundle folder's ``large_files.yml`` lists (hash checked), as the zoo's CI."""
+    for target in zoo.fetch_large_files(Path(path)):
+        print(f"fetched {target}")
+
+
 def _bundle_root(path: Path, workdir: Path) -> Path:
     """The bundle folder of a zip (extracted into ``workdir``) or a folder."""
+    if not path.exists():
+        raise VolsslInputError(path, "file not found")
     if path.is_dir():
         return path
     if not zipfile.is_zipfile(path):
@@ -370,7 +411,9 @@ def check(path: str, public_key: str | None = None, notes: list[str] | None = No
         present = {p.relative_to(root).as_posix() for p in _files(root)} - {MANIFEST, signing.SIGNATURE}
         for rel in sorted(set(listed) - present):
             problems.append(f"{rel}: listed in {MANIFEST} but missing")
-        for rel in sorted(present - set(listed)):
+        large_paths = {e.get("path") for e in _parse_large_files((root / LARGE_FILES).read_text())} if (
+            root / LARGE_FILES).is_file() else set()
+        for rel in sorted(present - set(listed) - large_paths):  # weights fetched for large_files.yml: its hashes
             problems.append(f"{rel}: not listed in {MANIFEST}")
         for rel in sorted(set(listed) & present):
             if sha256(root / rel) != listed[rel]:
@@ -380,7 +423,8 @@ def check(path: str, public_key: str | None = None, notes: list[str] | None = No
             for entry in _parse_large_files(large.read_text()):
                 target = root / entry.get("path", "")
                 if not target.is_file():
-                    problems.append(f"{entry.get('path')}: listed in {LARGE_FILES} but missing")
+                    problems.append(f"{entry.get('path')}: listed in {LARGE_FILES} but missing (not fetched: "
+                                    "export_bundle.py fetch)")
                 elif entry.get("hash_type") == "sha256" and sha256(target) != entry.get("hash_val"):
                     problems.append(f"{entry.get('path')}: sha256 differs from {LARGE_FILES}")
         else:
@@ -471,4 +515,5 @@ def format(*paths: str, check: bool = False) -> None:  # noqa: A001 - the comman
 
 
 if __name__ == "__main__":
-    cli.main({"export": export, "verify": verify, "format": format, "key": key}, name="export_bundle.py")
+    cli.main({"export": export, "verify": verify, "fetch": fetch, "format": format, "requirements": requirements,
+              "key": key}, name="export_bundle.py")

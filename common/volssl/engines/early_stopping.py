@@ -78,8 +78,8 @@ class EarlyStopOnPlateau:
         if self.patience is None or self.evaluator.state.epoch != engine.state.epoch:
             return  # off, or no validation at this epoch
         if self.metric_name not in self.evaluator.state.metrics:
-            raise KeyError(f"metric {self.metric_name!r} not computed by the evaluator: "
-                           f"{sorted(self.evaluator.state.metrics)}")
+            computed = sorted(self.evaluator.state.metrics)
+            raise KeyError(f"metric {self.metric_name!r} not computed by the evaluator: {computed}")
         value = float(self.evaluator.state.metrics[self.metric_name])
         if not math.isnan(value) and self._improved(value):
             self.best_metric, self.counter = value, 0

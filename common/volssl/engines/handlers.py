@@ -30,7 +30,6 @@ def latest_checkpoint(ckpt_dir, pattern: str = "checkpoint_epoch=*.pt") -> Path 
     return max(found)[1] if found else None
 
 
-
 def _add_scalars(sums: dict, out: Mapping) -> None:
     """Add the scalar entries of an iteration's output to ``sums``: numbers as floats, one-element tensors as
     detached tensors on their device (read once per epoch, so that a GPU is not synchronised every iteration)."""
@@ -40,6 +39,7 @@ def _add_scalars(sums: dict, out: Mapping) -> None:
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         sums[key] = sums.get(key, 0.0) + value
+
 
 class ResumeFromLatest:
     """Resume a run from the latest interval checkpoint in ``ckpt_dir`` (if any), with MONAI's ``CheckpointLoader``.
@@ -128,8 +128,8 @@ class ResumeFromLatest:
                 self._set_aside(f"{path.name} is from a finished run (epoch {done} of {planned}): a new run starts")
                 path = None
             elif done >= int(engine.state.max_epochs):
-                self._set_aside(f"{path.name} has {done} epochs, this run asks for {engine.state.max_epochs}: "
-                                "a new run starts")
+                asked = engine.state.max_epochs
+                self._set_aside(f"{path.name} has {done} epochs, this run asks for {asked}: a new run starts")
                 path = None
         if path is None:
             self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: starting a new run")
