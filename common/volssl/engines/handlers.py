@@ -161,15 +161,18 @@ class BestModelSaver:
         save_path: the output file, e.g. ``models/model.pt``.
         network: the network to save (a ``DistributedDataParallel`` wrapper is unwrapped).
         metric_name: the key in ``evaluator.state.metrics`` to track.
-        mode: ``"max"`` (Dice) or ``"min"`` (a distance).
+        mode: ``"max"`` (Dice) or ``"min"`` (a distance); or ``"last"``: save at every validation whatever the
+            value, so the file holds the model of the last validated epoch (the released CORAL/PCL fine-tuning
+            reports its last epoch: ``paper_finetune.json``; validate at the last epoch, e.g. ``val_interval``
+            dividing ``epochs``). The metric is still logged and tracked as the best seen.
         network_name: how the log names the saved network (e.g. ``"teacher"``); ``None``: not named.
     """
 
     def __init__(
         self, save_path, network: torch.nn.Module, metric_name: str, mode: str = "max", network_name: str | None = None
     ) -> None:
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if mode not in ("max", "min", "last"):
+            raise ValueError(f"mode must be 'max', 'min' or 'last', got {mode!r}")
         self.save_path = Path(save_path)
         self.network = network
         self.metric_name = metric_name
@@ -183,15 +186,17 @@ class BestModelSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _improved(self, value: float) -> bool:
-        return value > self.best_metric if self.mode == "max" else value < self.best_metric
+        return value < self.best_metric if self.mode == "min" else value > self.best_metric
 
     def __call__(self, engine: Engine) -> None:
         if self.metric_name not in engine.state.metrics:
             raise KeyError(f"metric {self.metric_name!r} not computed by the evaluator: {sorted(engine.state.metrics)}")
         value = float(engine.state.metrics[self.metric_name])
-        if value != value or not self._improved(value):  # NaN never counts as an improvement
+        improved = value == value and self._improved(value)  # NaN never counts as an improvement
+        if improved:
+            self.best_metric, self.best_epoch = value, int(engine.state.epoch)
+        if not improved and self.mode != "last":
             return
-        self.best_metric, self.best_epoch = value, int(engine.state.epoch)
         if _rank() > 0:
             return
         net = self.network.module if hasattr(self.network, "module") else self.network
@@ -200,7 +205,9 @@ class BestModelSaver:
         torch.save(net.state_dict(), tmp)
         os.replace(tmp, self.save_path)
         which = f"{self.network_name}, " if self.network_name else ""
-        self.logger.info(f"epoch {self.best_epoch}: {which}best {self.metric_name} {value:.4f}, saved {self.save_path}")
+        rule = "last" if self.mode == "last" else "best"
+        self.logger.info(f"epoch {int(engine.state.epoch)}: {which}{rule} {self.metric_name} {value:.4f}, "
+                         f"saved {self.save_path}")
 
     def state_dict(self) -> dict:
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}
