@@ -360,3 +360,32 @@ def test_gpu_protocol_dry_run_prints_the_plan(tmp_path):
     assert not (tmp_path / "out").exists()
     missing = _gpu_script(["--dry-run"], {"DATA_OUT": str(tmp_path / "none"), "OUT": str(tmp_path / "out")})
     assert missing.returncode == 0 and "data not prepared yet" in missing.stdout
+
+
+# --- the evidence runs script (here: its plan only) ----------------------------------------------------------------
+
+EVIDENCE_SCRIPT = REPO_ROOT / "tools" / "evidence_runs.sh"
+
+
+def test_evidence_runs_dry_run_prints_every_protocol(tmp_path):
+    data = tmp_path / "data"
+    make_tiny_dataset(data / "acdc96", n=8, n_labeled=4, n_val=1, n_test=2)
+    make_tiny_dataset(data / "la_pool", n=12, n_labeled=9, n_val=1, n_test=2)
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", DATA=str(data), OUT=str(tmp_path / "out"))
+    proc = subprocess.run(["bash", str(EVIDENCE_SCRIPT), "--dry-run"], env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    # budget curve: one pretraining per method, every snapshot an arm, full and frozen
+    assert "pretrain coral seed 0" in out and "pretrain pcl seed 0" in out
+    for arm in ("coral_e50", "coral_e200", "coral_e800", "pcl_e800"):
+        assert f"train full n1 set0 seed0 {arm} lr 0.001" in out and f"frozen n1 set2 seed1 {arm}" in out
+    # the paper recipe: its overlay, one learning rate, 1 and 2 patients
+    assert "paper_finetune.json" in out and "train full n2 set0 seed0 coral lr 5e-05" in out
+    # LA-half: 6 labelled sets x 1 seed; hippocampus not prepared here: the script says so instead of failing
+    assert "train full n8 set5 seed0 supervised" in out and "seed1" not in out.split("LA-half")[1]
+    assert "data not prepared yet" in out and "hippo_pool" in out
+    assert not (tmp_path / "out").exists()
+    bad = subprocess.run(["bash", str(EVIDENCE_SCRIPT), "--fast"], env=env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert bad.returncode == 64 and "unknown argument" in bad.stderr
