@@ -12,7 +12,8 @@
 #           the 50-epoch encoders of runs/le_acdc are reused when present, so the two recipes pair on the same
 #           encoders, sets and seeds (label_efficiency.py compare runs/le_acdc runs/le_acdc_paper).
 #   la6     LA-half, 8 labelled of 72: supervised-only vs CRLN on 6 labelled sets x 1 seed (the set is the unit of
-#           the interval), the patience counting only after epoch 10 (early_stop_min_epochs), CRLN at the matched budget.
+#           the interval), the patience counting only after epoch 10 (early_stop_min_epochs), CRLN at the
+#           matched budget.
 #   hippo   MSD hippocampus, 4 labelled and 126 unlabelled volumes (the released split's 14 labelled and 116 of its 126
 #           unlabelled cases; the same 20 validation and 40 test volumes): supervised-only vs CRLN,
 #           6 labelled sets x 1 seed, the CRLN card's hippocampus recipe (cpu_small.json + adam.json, patch
@@ -52,8 +53,8 @@ for arg in "$@"; do
         --dry-run) DRY=1 ;;
         prepare|budget|paper|la6|hippo) STAGES+=("$arg") ;;
         all) STAGES+=(prepare budget paper la6 hippo) ;;
-        -h|--help) sed -n '2,38p' "${BASH_SOURCE[0]}"; exit 0 ;;
-        *) echo "evidence_runs.sh: unknown argument '$arg' (use --dry-run and/or prepare, budget, paper, la6, hippo, all)" >&2
+        -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "evidence_runs.sh: unknown argument '$arg' (use --dry-run, prepare, budget, paper, la6, hippo, all)" >&2
            exit 64 ;;
     esac
 done

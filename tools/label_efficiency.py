@@ -774,7 +774,8 @@ def summarize(output_dir: str, bootstrap_unit: str | None = None, n_boot: int = 
         f"interval); t: the paired t interval; t over sets: the differences of each labelled set averaged over its "
         f"seeds, then the t interval over the sets (the unit to read when the seeds of a set share its labelled "
         f"volumes; empty with one set). Pooled 2D Dice: per class 2 sum|P n L| / (sum|P| + sum|L|) over all 2D "
-        f"slices of the test role (the slice papers' metric), foreground mean, paired the same way. {len(rows)} runs, training {compute / 3600:.2f} h"
+        f"slices of the test role (the slice papers' metric), foreground mean, paired the same way. {len(rows)} runs, "
+        f"training {compute / 3600:.2f} h"
         f"{f', pretraining {pretrain_s / 3600:.2f} h' if pretrain_s else ''} (wall clock).\n"
         + ("\nThroughput (iterations per second of the training loops, validation included): " + "; ".join(speed)
            + ".\n" if speed else ""))
