@@ -12,8 +12,13 @@ baseline with bootstrap 95 % confidence intervals and a label-efficiency curve.
         --family semi --label_counts "[8]" --n_sets 3 --seeds "[0,1]" --patience 5 \\
         --train_overrides "{'epochs': 40, 'iterations_per_epoch': 50, 'val_interval': 1}" \\
         --eval_variants "{'student': {'checkpoint': '{root}/models/model_student.pt'}}"
+    # pretraining budget curve: one 800-epoch pretraining per method, snapshots after 50/200/800 epochs as arms
+    python tools/label_efficiency.py run ... --budget_epochs "[50,200,800]"        # + budget.md/csv/png
+    # the released CORAL/PCL fine-tuning recipe (bundles' paper_finetune.json) instead of ours
+    python tools/label_efficiency.py run ... --train_overlay paper_finetune.json --lr_grid "[5e-5]" --patience None
     python tools/label_efficiency.py summarize runs/le_acdc
     python tools/label_efficiency.py run ... --dry_run     # the plan: every step, done or to do, nothing run
+    bash tools/evidence_runs.sh [--dry-run]                # the evidence runs still to do, each such a command
     python tools/label_efficiency.py crop runs/data/acdc/datalist.json runs/data/acdc96 --size "[96,96]"
 
 **Data.** ``--datalist``'s ``training`` role is the *labelled pool*: labelled sets are drawn from it (convert with
@@ -35,10 +40,12 @@ baseline did on the same pair before it stopped (its plateau), without early sto
 
 **Each run.** ``train.json`` (+ ``--overlay``) with ``learning_rate`` from ``--lr_grid`` (``min_learning_rate =
 min_lr_ratio * lr`` for the slice bundles' cosine schedule) and ``early_stop_patience=--patience`` (validations
-without a better validation Dice; the checkpoint kept is the best on validation). The learning rate of each (arm,
-fine-tuning mode, count) is the grid value with the highest mean best-validation Dice over the first
-``--lr_tuning_pairs`` (labelled set, seed) pairs; every other pair runs at that value only. The selected model is
-then scored on the test role (``inference.json`` + ``evaluate.json``: per-volume 3D Dice, Jaccard, HD95, ASD).
+without a better validation Dice, counted only after ``--min_epochs``, default the bundles' ``early_stop_min_epochs``
+= 10; the checkpoint kept is the best on validation, or with ``paper_finetune.json`` the last epoch's). The learning
+rate of each (arm, fine-tuning mode, count) is the grid value with the highest mean best-validation Dice over the
+first ``--lr_tuning_pairs`` (labelled set, seed) pairs; every other pair runs at that value only. The selected model
+is then scored on the test role (``inference.json`` + ``evaluate.json``: per-volume 3D Dice, Jaccard, HD95, ASD, the
+Dice pooled over 2D slices).
 
 **Resuming.** Every step leaves a marker (``models/pretrain.pt``; ``train_done.json``; ``eval/metrics_summary.json``):
 rerunning the same command skips finished steps and resumes an interrupted training from its last checkpoint. The
@@ -47,8 +54,9 @@ sets and seeds may be added).
 
 **Outputs** (``summarize``, also at the end of ``run``): ``runs.csv`` (one row per run), ``paired.csv`` /
 ``paired.md`` (per fine-tuning mode and count, each arm minus the baseline over the same pairs: mean, bootstrap 95 %
-CI, paired t interval, sd, pairs better; see ``paired_stats.py`` for the bootstrap; with ``--eval_variants`` also
-per extra evaluation, e.g. a CRLN teacher), ``curve.png`` (test Dice against labelled volumes, one line per arm, a
+CI, paired t interval, the t interval over labelled sets (seeds of a set averaged first), sd, pairs better, and the
+same paired comparison of the Dice pooled over 2D slices; see ``paired_stats.py`` for the bootstrap; with
+``--eval_variants`` also per extra evaluation, e.g. a CRLN teacher), ``curve.png`` (test Dice against labelled volumes, one line per arm, a
 95 % bootstrap band over pairs; one panel per fine-tuning mode) and ``lr_choice.json``. ``runs.csv`` has each
 run's training throughput (``its_per_s``, from its log) and ``paired.md`` the compute the protocol took.
 """
