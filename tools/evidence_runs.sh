@@ -33,6 +33,8 @@
 #   VOLSSL_DATA=../shared/data  raw data sets (acdc/, la_half/, hippocampus/)
 #   DATA=runs/data  converted data sets;  OUT=runs  protocol output folders;  PYTHON=python3
 #   OMP_NUM_THREADS=2  threads per run;  NICE=10  niceness of every run
+#   SLICE_ARMS="['random','pcl','coral']"  arms of budget and paper (add 'sal' for SAL; arms may be added to a
+#                                          protocol folder later, its finished runs are kept)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,6 +44,7 @@ VOLSSL_DATA="${VOLSSL_DATA:-$ROOT/../shared/data}"
 DATA="${DATA:-$ROOT/runs/data}"
 OUT="${OUT:-$ROOT/runs}"
 NICE="${NICE:-10}"
+SLICE_ARMS="${SLICE_ARMS:-['random','pcl','coral']}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 export PYTHONPATH="$ROOT/common${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -53,7 +56,7 @@ for arg in "$@"; do
         --dry-run) DRY=1 ;;
         prepare|budget|paper|la6|hippo) STAGES+=("$arg") ;;
         all) STAGES+=(prepare budget paper la6 hippo) ;;
-        -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,37p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "evidence_runs.sh: unknown argument '$arg' (use --dry-run, prepare, budget, paper, la6, hippo, all)" >&2
            exit 64 ;;
     esac
@@ -68,11 +71,11 @@ LE=(nice -n "$NICE" "$PYTHON" tools/label_efficiency.py)
 # the README's ACDC protocol (section "Evidence"), shared by the budget curve
 ACDC_COMMON=(--family slice --group_regex 'patient\d+' --overrides "{'patch_size': [96, 96]}")
 BUDGET_ARGS=(run --datalist "$ACDC_LIST" --output_dir "$OUT/le_acdc_budget" "${ACDC_COMMON[@]}"
-    --arms "['random','pcl','coral']" --label_counts "[1]" --n_sets 3 --seeds "[0,1]"
+    --arms "$SLICE_ARMS" --label_counts "[1]" --n_sets 3 --seeds "[0,1]"
     --budget_epochs "[50,200,800]" --lr_grid "[1e-3,3e-4]" --patience 5
     --train_overrides "{'epochs': 40, 'iterations_per_epoch': 50}" --pretrain_overrides "{'probe_interval': 10}")
 PAPER_ARGS=(run --datalist "$ACDC_LIST" --output_dir "$OUT/le_acdc_paper" "${ACDC_COMMON[@]}"
-    --arms "['random','pcl','coral']" --label_counts "[1,2]" --n_sets 3 --seeds "[0,1]" --finetune "['full']"
+    --arms "$SLICE_ARMS" --label_counts "[1,2]" --n_sets 3 --seeds "[0,1]" --finetune "['full']"
     --train_overlay paper_finetune.json --lr_grid "[5e-5]" --patience None
     --pretrain_overrides "{'pretrain_epochs': 50}")
 LA6_ARGS=(run --datalist "$LA_LIST" --output_dir "$OUT/le_la6" --family semi --arms "['supervised','crln']"
@@ -134,7 +137,7 @@ protocol() {  # name datalist args...: the protocol's plan in a dry run, else th
 
 reuse_acdc_pretraining() {  # the paper recipe fine-tunes the same 50-epoch encoders as the README's ACDC tables
     local arm
-    for arm in pcl coral; do
+    for arm in pcl coral sal; do
         local src="$OUT/le_acdc/pretrain/$arm" dst="$OUT/le_acdc_paper/pretrain/$arm"
         if [[ -f "$src/models/pretrain.pt" && ! -e "$dst" ]]; then
             say "reusing the $arm encoder of $OUT/le_acdc"
