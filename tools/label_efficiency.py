@@ -1021,18 +1021,23 @@ def compare(baseline_dir: str, other_dir: str, baseline_name: str = "baseline", 
         per_pair = ", ".join(f"{a[q]['dice_mean_fg']:.3f}/{b[q]['dice_mean_fg']:.3f}" for q in keys)
         speed = [(a[q].get("its_per_s"), b[q].get("its_per_s")) for q in keys]
         ratio = [y / x for x, y in speed if x and y]
+        pooled = [(a[q].get(POOLED_COLUMN), b[q].get(POOLED_COLUMN)) for q in keys]
+        pooled = [(x, y) for x, y in pooled if x is not None and y is not None]
         out.append({"finetune": group[0], "label_count": group[1], "arm": group[2], "pairs": per_pair,
+                    "pooled_baseline": statistics.fmean(x for x, _ in pooled) if pooled else None,
+                    "pooled_other": statistics.fmean(y for _, y in pooled) if pooled else None,
                     "train_s_baseline": sum(a[q]["train_s"] for q in keys),
                     "train_s_other": sum(b[q]["train_s"] for q in keys),
                     "its_ratio": statistics.fmean(ratio) if ratio else None, **stats})
     lines = [f"| mode | count | arm | test Dice per pair ({baseline_name}/{other_name}) | {baseline_name} | "
              f"{other_name} | {other_name} - {baseline_name} | 95 % CI (bootstrap) | 95 % CI (paired t) | "
-             f"training s ({baseline_name} / {other_name}) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"training s ({baseline_name} / {other_name}) | pooled 2D Dice ({baseline_name} / {other_name}) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out:
         lines.append(f"| {r['finetune']} | {r['label_count']} | {r['arm']} | {r['pairs']} | {r['baseline_mean']:.4f} | "
                      f"{r['arm_mean']:.4f} | {r['diff_mean']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | "
                      f"[{r['t_low']:+.4f}, {r['t_high']:+.4f}] | {r['train_s_baseline']:.0f} / "
-                     f"{r['train_s_other']:.0f} |")
+                     f"{r['train_s_other']:.0f} | {_fmt(r['pooled_baseline'])} / {_fmt(r['pooled_other'])} |")
     text = "\n".join(lines)
     print(text)
     if output:
