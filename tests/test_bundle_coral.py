@@ -88,6 +88,35 @@ def test_train_loads_pretrained_encoder(workspace):
     assert not all(torch.equal(v, pre[k]) for k, v in net2.state_dict().items() if k.startswith("encoder."))
 
 
+def test_paper_finetune_overlay_is_the_public_recipe_and_keeps_the_last_epoch(workspace):
+    """``paper_finetune.json`` (the released CORAL/PCL fine-tuning: Adam 5e-5 -> 5e-6 cosine, weight decay 1e-5,
+    cross-entropy, batch 10, 100 passes over the labelled slices, no early stopping, the last epoch's model) parses
+    over ``cpu_small.json`` and runs; its checkpoint rule ships the last validated epoch, not the best one."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / name) for name in ("train.json", "cpu_small.json", "paper_finetune.json")])
+    assert (parser["epochs"], parser["learning_rate"], parser["min_learning_rate"]) == (100, 5e-5, 5e-6)
+    assert (parser["weight_decay"], parser["dice_weight"], parser["batch_size"]) == (1e-5, 0.0, 10)
+    assert parser["early_stop_patience"] is None and parser["iterations_per_epoch"] is None
+    assert parser.config["validate"]["best_model"]["mode"] == "last"
+    assert parser["features"] == 16  # the network size stays the overlay before it's (the pretrained encoder's)
+
+    bundle_root = workspace["root"] / "paper_bundle"
+    common = ["--bundle_root", str(bundle_root), "--dataset_dir", str(workspace["root"] / "data"),
+              "--logging_file", str(CONFIGS / "logging.conf")]
+    files = config_list(CONFIGS / "train.json", workspace["tiny"], CONFIGS / "paper_finetune.json")
+    out = run_bundle(["run", "--config_file", files, *common, "--epochs", "2", "--val_interval", "1",
+                      "--pretrained_ckpt", str(workspace["bundle_root"] / "models" / "pretrain.pt")],
+                     cwd=workspace["root"])
+    log = out.stdout + out.stderr
+    assert "epoch 2: last val_mean_dice" in log  # saved at the last epoch whatever its validation Dice
+    models = bundle_root / "models"
+    last = torch.load(models / "train_checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)["network"]
+    shipped = torch.load(models / "model.pt", weights_only=True)
+    assert set(shipped) == set(last) and all(torch.equal(shipped[k], last[k]) for k in last)
+
+
 def test_train_resumes_from_last_checkpoint(workspace):
     """An interrupted run continues from its saved epoch instead of starting again (the checkpoint of the finished
     2-epoch run is made to look like one of a 3-epoch run stopped after epoch 2)."""

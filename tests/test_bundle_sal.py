@@ -44,7 +44,7 @@ def _json(path: Path) -> dict:
 # --- the one duplication MONAI Label's one-file rule forces: it may never drift from CORAL's -------------------------
 
 
-@pytest.mark.parametrize("name", ["train.json", "inference.json", "multi_gpu_train.json"])
+@pytest.mark.parametrize("name", ["train.json", "inference.json", "multi_gpu_train.json", "paper_finetune.json"])
 def test_finetune_and_inference_configs_equal_corals(name):
     """SAL and CORAL share the network, data pipeline and fine-tuning protocol (methods.md), so that the two
     pretrainings compare one to one: the configs are copies, kept identical by this test."""
