@@ -126,13 +126,36 @@ def standalone_env(bundle_dir: Path) -> dict:
     )
 
 
-def run_standalone(bundle_dir: Path, args: list[str], timeout: int = 600, check: bool = True):
-    """``python -m monai.bundle <args>`` run from the bundle folder in the standalone environment."""
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=bundle_dir, env=standalone_env(bundle_dir),
-                          capture_output=True, text=True, timeout=timeout)
+def bundle_args(bundle_dir: Path, args: list[str]) -> list[str]:
+    """``args`` with the paths given relative to the bundle folder (``configs/...``, ``--bundle_root .``) made
+    absolute: what a partner types who runs the bundle from another working directory."""
+    out = []
+    for i, arg in enumerate(args):
+        if i > 0 and args[i - 1] == "--bundle_root" and arg == ".":
+            arg = str(bundle_dir)
+        elif arg.startswith("configs/"):
+            arg = str(bundle_dir / arg)
+        elif arg.startswith("[") and "'configs/" in arg:  # a config_list of files in configs/
+            arg = arg.replace("'configs/", f"'{bundle_dir}/configs/")
+        out.append(arg)
+    return out
+
+
+def run_standalone(bundle_dir: Path, args: list[str], timeout: int = 600, check: bool = True,
+                   cwd: Path | None = None):
+    """``python -m monai.bundle <args>`` in the standalone environment, from an unrelated working directory (a fresh
+    one next to the bundle folder unless ``cwd`` is given; the bundle-relative paths in ``args`` made absolute, see
+    :func:`bundle_args`): MONAI finds the vendored ``volssl`` through the config file's bundle folder, not the working
+    directory."""
+    if cwd is None:
+        cwd = bundle_dir.parent / f"elsewhere_{bundle_dir.name}"
+        cwd.mkdir(exist_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *bundle_args(bundle_dir, args)], cwd=cwd,
+                          env=standalone_env(bundle_dir), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-6000:]
-        raise AssertionError(f"standalone monai.bundle {args[0]} failed (exit {proc.returncode}) in {bundle_dir}:\n{tail}")
+        raise AssertionError(f"standalone monai.bundle {args[0]} failed (exit {proc.returncode}) for {bundle_dir} "
+                             f"from {cwd}:\n{tail}")
     return proc
 
 
@@ -144,7 +167,8 @@ def assert_standalone_bundle(bundle: Path, run_dir: Path, datalist: Path, tmp_pa
                              trained: dict | None = None) -> Path:
     """Export the training run in ``run_dir``, check the zip verifies and that its inference.json holds the
     ``trained`` values (the run's overlay, folded in), then segment test images with the unzipped bundle in the
-    standalone environment (only the metadata's packages, vendored volssl), from the bundle folder, for each kind of
+    standalone environment (only the metadata's packages, vendored volssl), from an unrelated working directory
+    (``--config_file <bundle>/configs/inference.json --bundle_root <bundle>``), for each kind of
     input in ``inputs`` ("file", "folder", "datalist"); each label map must lie on its image's grid. Returns the
     zip."""
     import nibabel as nib
@@ -189,4 +213,21 @@ def assert_standalone_bundle(bundle: Path, run_dir: Path, datalist: Path, tmp_pa
             image, pred = nib.load(image_path), nib.load(pred_path)
             assert pred.shape == image.shape
             np.testing.assert_allclose(pred.affine, image.affine, atol=1e-5)
+    assert_missing_volssl_is_one_line(bundle_dir, sources["file"], tmp_path / "out_missing")
     return zip_path
+
+
+def assert_missing_volssl_is_one_line(bundle_dir: Path, source: Path, out: Path) -> None:
+    """With the vendored ``volssl/`` gone, inference ends with one line that says what to do, and no traceback."""
+    hidden = bundle_dir.parent / "volssl_hidden"
+    (bundle_dir / "volssl").rename(hidden)
+    try:
+        proc = run_standalone(bundle_dir, ["run", "--config_file", "configs/inference.json", "--bundle_root", ".",
+                                           "--input", str(source), "--output_dir", str(out)], check=False)
+    finally:
+        hidden.rename(bundle_dir / "volssl")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {bundle_dir}: volssl, the bundle code, cannot be loaded"), last
+    assert "--config_file" in last, last

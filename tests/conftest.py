@@ -44,3 +44,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_key(tmp_path_factory):
+    """Exports in the tests sign with a throw-away key (``$VOLSSL_SIGNING_KEY``, inherited by subprocesses), never
+    with the user's ``~/.config/volssl/signing_key``."""
+    import os
+
+    from volssl.bundle.signing import KEY_ENV
+
+    path = tmp_path_factory.mktemp("signing") / "signing_key"
+    previous = os.environ.get(KEY_ENV)
+    os.environ[KEY_ENV] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop(KEY_ENV, None)
+    else:
+        os.environ[KEY_ENV] = previous

@@ -88,6 +88,35 @@ def test_train_loads_pretrained_encoder(workspace):
     assert not all(torch.equal(v, pre[k]) for k, v in net2.state_dict().items() if k.startswith("encoder."))
 
 
+def test_paper_finetune_overlay_is_the_public_recipe_and_keeps_the_last_epoch(workspace):
+    """``paper_finetune.json`` (the released CORAL/PCL fine-tuning: Adam 5e-5 -> 5e-6 cosine, weight decay 1e-5,
+    cross-entropy, batch 10, 100 passes over the labelled slices, no early stopping, the last epoch's model) parses
+    over ``cpu_small.json`` and runs; its checkpoint rule ships the last validated epoch, not the best one."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / name) for name in ("train.json", "cpu_small.json", "paper_finetune.json")])
+    assert (parser["epochs"], parser["learning_rate"], parser["min_learning_rate"]) == (100, 5e-5, 5e-6)
+    assert (parser["weight_decay"], parser["dice_weight"], parser["batch_size"]) == (1e-5, 0.0, 10)
+    assert parser["early_stop_patience"] is None and parser["iterations_per_epoch"] is None
+    assert parser.config["validate"]["best_model"]["mode"] == "last"
+    assert parser["features"] == 16  # the network size stays the overlay before it's (the pretrained encoder's)
+
+    bundle_root = workspace["root"] / "paper_bundle"
+    common = ["--bundle_root", str(bundle_root), "--dataset_dir", str(workspace["root"] / "data"),
+              "--logging_file", str(CONFIGS / "logging.conf")]
+    files = config_list(CONFIGS / "train.json", workspace["tiny"], CONFIGS / "paper_finetune.json")
+    out = run_bundle(["run", "--config_file", files, *common, "--epochs", "2", "--val_interval", "1",
+                      "--pretrained_ckpt", str(workspace["bundle_root"] / "models" / "pretrain.pt")],
+                     cwd=workspace["root"])
+    log = out.stdout + out.stderr
+    assert "epoch 2: last val_mean_dice" in log  # saved at the last epoch whatever its validation Dice
+    models = bundle_root / "models"
+    last = torch.load(models / "train_checkpoints" / "checkpoint_epoch=2.pt", weights_only=True)["network"]
+    shipped = torch.load(models / "model.pt", weights_only=True)
+    assert set(shipped) == set(last) and all(torch.equal(shipped[k], last[k]) for k in last)
+
+
 def test_train_resumes_from_last_checkpoint(workspace):
     """An interrupted run continues from its saved epoch instead of starting again (the checkpoint of the finished
     2-epoch run is made to look like one of a 3-epoch run stopped after epoch 2)."""
@@ -223,6 +252,7 @@ def test_export_verify_standalone_download_and_load(workspace, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "models/model.pt: sha256 differs" in last
     assert export_tool().check(str(exported)) == []
+    _assert_signature_checks(zip_path, exported, tmp_path)
 
     downloads = tmp_path / "downloads"
     run_standalone(exported, ["download", "--name", BUNDLE.name, "--url", zip_path.as_uri(),
@@ -235,6 +265,44 @@ def test_export_verify_standalone_download_and_load(workspace, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-2] == "UNet2d"
+
+
+def _assert_signature_checks(zip_path: Path, exported: Path, tmp_path: Path) -> None:
+    """The export is signed with the session's key: `verify --public_key <its fingerprint>` passes on the zip; a copy
+    whose models/model.pt was changed and whose checksums.sha256 and large_files.yml were recomputed fails naming
+    models/model.pt; without the signature file the bundle is reported unsigned."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from bundle_helpers import export_tool
+    from volssl.bundle import signing
+
+    tool = export_tool()
+    private, _ = signing.load_or_create_key(os.environ[signing.KEY_ENV], create=False)
+    fp = signing.fingerprint(private.public_key())
+
+    notes: list[str] = []
+    assert tool.check(str(zip_path), public_key=fp, notes=notes) == [] and notes == [f"signed by the expected key {fp}"]
+    forged = tmp_path / "forged"
+    shutil.copytree(exported, forged)
+    (forged / "models" / "model.pt").write_bytes((exported / "models" / "model.pt").read_bytes() + b"\0")
+    (forged / tool.LARGE_FILES).write_text(tool._large_files(forged, ""))
+    tool._write_manifest(forged)
+    # the manifest alone is satisfied: the signature is what catches it, also when no key is given
+    changed = "models/model.pt: sha256 differs from the signed manifest (changed after signing)"
+    assert tool.check(str(forged))[0] == changed
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "export_bundle.py"), "verify", str(forged),
+                           "--public_key", fp], capture_output=True, text=True)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "the first: models/model.pt: sha256 differs from the signed manifest" in last
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(exported, unsigned)
+    (unsigned / signing.SIGNATURE).unlink()
+    notes = []
+    assert tool.check(str(unsigned), notes=notes) == [] and notes[0].startswith("UNSIGNED: integrity only")
+    assert "the bundle is unsigned" in tool.check(str(unsigned), public_key=fp)[0]
 
 
 def test_pretrain_config_is_the_public_codes(tmp_path):

@@ -44,7 +44,7 @@ def _json(path: Path) -> dict:
 # --- the one duplication MONAI Label's one-file rule forces: it may never drift from CORAL's -------------------------
 
 
-@pytest.mark.parametrize("name", ["train.json", "inference.json", "multi_gpu_train.json"])
+@pytest.mark.parametrize("name", ["train.json", "inference.json", "multi_gpu_train.json", "paper_finetune.json"])
 def test_finetune_and_inference_configs_equal_corals(name):
     """SAL and CORAL share the network, data pipeline and fine-tuning protocol (methods.md), so that the two
     pretrainings compare one to one: the configs are copies, kept identical by this test."""
@@ -282,3 +282,29 @@ def test_export_and_standalone_inference(workspace, tmp_path):
     from bundle_helpers import assert_standalone_bundle
 
     assert_standalone_bundle(BUNDLE, workspace["bundle_root"], workspace["datalist"], tmp_path, trained=TINY)
+
+
+def test_probe_reads_the_run_record_not_a_repeated_overlay(workspace, tmp_path):
+    """tools/probe_embeddings.py --run_dir builds the run's network from its pretraining record (features 4,
+    patch 32 x 32 here, not pretrain.json's defaults) with no overlay given; an overlay whose values differ from the
+    record (cpu_small.json: features 16) is an error naming both values."""
+    import json
+    import sys
+
+    tools = str(REPO_ROOT / "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    import probe_embeddings
+
+    from volssl.io import VolsslInputError
+
+    run = workspace["bundle_root"]
+    args = {"bundle": str(BUNDLE), "datalist": str(workspace["datalist"]), "role": "test", "run_dir": str(run)}
+    probe_embeddings.main(**args, output_dir=str(tmp_path / "probe"))
+    result = json.loads((tmp_path / "probe" / "embeddings.json").read_text())
+    assert result["patch_size"] == TINY["patch_size"] and result["feature_dim"] == 16 * TINY["features"]
+    with pytest.raises(VolsslInputError) as err:
+        probe_embeddings.main(**args, output_dir=str(tmp_path / "bad"), overlay="cpu_small.json")
+    message = str(err.value)
+    assert "pretraining_record.json" in message and "features=4" in message and "features=16" in message
+    assert "--overlay cpu_small.json" in message

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from volssl.engines import BestModelSaver, ResumeFromLatest
 
 
@@ -166,3 +166,32 @@ def test_two_view_step_separate_forwards_keep_batchnorm_statistics_per_view():
                 expected = loss(z, torch.cat([batch["position"], batch["position"]]))
             assert losses[True] == pytest.approx(expected.item(), rel=1e-6)
     assert abs(losses[True] - losses[False]) > 1e-4
+
+
+def test_epoch_snapshots_are_kept_at_the_chosen_epochs(tmp_path):
+    from volssl.engines import EpochSnapshotSaver
+
+    net = torch.nn.Linear(2, 1)
+    seen = {}
+
+    def step(engine, batch):
+        with torch.no_grad():
+            net.weight.add_(1.0)  # the weights change every iteration
+        return {}
+
+    engine = Engine(step)
+    saver = EpochSnapshotSaver(tmp_path, {"network": net}, epochs=[3, 1])
+    saver.attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.setdefault(e.state.epoch, net.weight.clone()))
+    engine.run([0], max_epochs=4)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["pretrain_epoch1.pt", "pretrain_epoch3.pt"]
+    for epoch in (1, 3):
+        state = torch.load(tmp_path / f"pretrain_epoch{epoch}.pt", weights_only=True)
+        assert set(state) == {"network"} and torch.equal(state["network"]["weight"], seen[epoch])
+    # an epoch the run never reaches is an error at the start, not a missing file at the end
+    late = Engine(step)
+    EpochSnapshotSaver(tmp_path / "late", {"network": net}, epochs=[5]).attach(late)
+    with pytest.raises(ValueError, match="beyond the run's 4 epochs"):
+        late.run([0], max_epochs=4)
+    with pytest.raises(ValueError, match=">= 1"):
+        EpochSnapshotSaver(tmp_path, {"network": net}, epochs=[0])

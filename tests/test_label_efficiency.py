@@ -246,6 +246,83 @@ def test_phantom_protocol_end_to_end(tmp_path):
     assert changed.returncode != 0 and "other settings (overrides)" in changed.stderr
 
 
+# --- set-level interval, budget curve, paper recipe -------------------------------------------------------------------
+
+
+def test_set_level_interval_averages_the_seeds_of_a_set_first():
+    # 3 sets x 2 seeds: the seeds of a set agree, the sets do not; the t interval is taken over the 3 set means
+    diffs = {(0, 0): 0.10, (0, 1): 0.12, (1, 0): -0.02, (1, 1): 0.00, (2, 0): 0.05, (2, 1): 0.03}
+    out = label_efficiency.set_level_interval(diffs)
+    means = [0.11, -0.01, 0.04]
+    assert out["n_sets"] == 3 and out["set_diff_mean"] == pytest.approx(statistics.fmean(means))
+    assert (out["set_t_low"], out["set_t_high"]) == tuple(pytest.approx(v) for v in paired_stats.t_interval(means))
+    pair_t = paired_stats.t_interval(list(diffs.values()))
+    assert out["set_t_high"] - out["set_t_low"] > pair_t[1] - pair_t[0]  # 3 units, not 6: wider
+    one = label_efficiency.set_level_interval({(0, 0): 0.1, (0, 1): 0.2})
+    assert one["n_sets"] == 1 and math.isnan(one["set_t_low"])
+    # N sets x 1 seed (the LA-half protocol's 6 sets): the set-level interval is the paired t interval
+    single = {(s, 0): d for s, d in enumerate([0.05, 0.02, 0.08, -0.01, 0.04, 0.06])}
+    got = label_efficiency.set_level_interval(single)
+    assert (got["set_t_low"], got["set_t_high"]) == tuple(pytest.approx(v) for v in
+                                                          paired_stats.t_interval(list(single.values())))
+
+
+def test_budget_arms_are_named_after_their_pretraining_epochs(tmp_path):
+    assert label_efficiency.split_arm("coral_e200") == ("coral", 200)
+    assert label_efficiency.split_arm("random") == ("random", None)
+    settings = {"lr_grid": [0.001], "lr_tuning_pairs": 1, "family": "slice", "pretrain_per_seed": False,
+                "budget_epochs": [200, 50]}
+    proto = label_efficiency.Protocol(settings, ["random", "pcl", "coral"], [1], 3, [0, 1], ["full"], tmp_path)
+    assert proto.arms == ["random", "pcl_e50", "pcl_e200", "coral_e50", "coral_e200"]
+    assert proto.pretrain_arms == ["pcl", "coral"]
+    assert proto.pretrained_ckpt("coral_e50", 1) == tmp_path / "pretrain" / "coral" / "models" / "pretrain_epoch50.pt"
+    # a protocol.json stores the expanded arms: reading it back gives the same arms
+    again = label_efficiency.Protocol(settings, proto.arms, [1], 3, [0, 1], ["full"], tmp_path)
+    assert again.arms == proto.arms
+    # the widest interval is drawn, never the narrowest
+    row = {"ci_low": 0.01, "ci_high": 0.03, "t_low": -0.01, "t_high": 0.05, "set_t_low": float("nan")}
+    assert label_efficiency.widest_interval(row) == (-0.01, 0.05)
+
+
+def test_budget_curve_and_paper_recipe_on_phantoms(tmp_path):
+    """One CORAL pretraining of 2 epochs kept after epochs 1 and 2, each snapshot fine-tuned under the paper recipe
+    overlay (and random init), 1 labelled volume, 1 set x 1 seed: the budget table and figure, the pooled 2D Dice
+    column, and a rerun that trains nothing. About 1.5 min on 2 cores: the only end-to-end proof of the tooling."""
+    datalist = make_tiny_dataset(tmp_path / "data", n=8, n_labeled=4, n_val=1, n_test=2)
+    out = tmp_path / "le"
+    tiny = {k: v for k, v in TINY.items() if k not in ("pretrain_epochs", "epochs")}
+    args = ["run", "--datalist", str(datalist), "--output_dir", str(out), "--arms", "['random','coral']",
+            "--label_counts", "[1]", "--n_sets", "1", "--seeds", "[0]", "--finetune", "['full']",
+            "--budget_epochs", "[1,2]", "--train_overlay", "paper_finetune.json", "--overlay", "None",
+            "--patience", "None", "--min_epochs", "0", "--overrides", repr(tiny),
+            "--train_overrides", repr({"epochs": 1, "val_interval": 1})]
+    proc = _run_tool(args, tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    models = out / "pretrain" / "coral" / "models"
+    assert (models / "pretrain_epoch1.pt").is_file() and (models / "pretrain_epoch2.pt").is_file()
+    first = torch.load(models / "pretrain_epoch1.pt", weights_only=True)["network"]
+    last = torch.load(models / "pretrain.pt", weights_only=True)["network"]
+    assert set(first) == set(last) and any(not torch.equal(first[k], last[k]) for k in last)
+    runs = out / "runs" / "full" / "n1" / "set0" / "seed0"
+    log = (runs / "coral_e1" / "lr5e-05" / "train.log").read_text()
+    assert "paper_finetune.json" in log and "pretrain_epoch1.pt" in log and "last val_mean_dice" in log
+    rows = _csv(out / "runs.csv")
+    assert sorted(r["arm"] for r in rows) == ["coral_e1", "coral_e2", "random"]
+    assert all(r["learning_rate"] == "5e-05" and 0 <= float(r["pooled_dice_2d_mean_fg"]) <= 1 for r in rows)
+    budget = _csv(out / "budget.csv")
+    assert [(r["method"], r["pretrain_epochs"]) for r in budget] == [("coral", "1"), ("coral", "2")]
+    iters = [int(r["pretrain_iterations"]) for r in budget]
+    assert iters[1] == 2 * iters[0] > 0
+    dice = {r["arm"]: float(r["dice_mean_fg"]) for r in rows}
+    assert float(budget[0]["diff_mean"]) == pytest.approx(dice["coral_e1"] - dice["random"])
+    assert "pretraining iterations" in (out / "budget.md").read_text()
+    assert (out / "budget.png").stat().st_size > 0
+    table = (out / "paired.md").read_text()
+    assert "95 % CI (t over sets)" in table and "pooled 2D Dice, arm / baseline" in table
+    again = _run_tool(args, tmp_path)
+    assert again.returncode == 0 and "[train " not in again.stdout and "[pretrain " not in again.stdout
+
+
 # --- the GPU protocol script (runs only on a GPU; here: its refusal and its plan) -----------------------------------
 
 GPU_SCRIPT = REPO_ROOT / "tools" / "gpu_protocol.sh"
@@ -283,3 +360,32 @@ def test_gpu_protocol_dry_run_prints_the_plan(tmp_path):
     assert not (tmp_path / "out").exists()
     missing = _gpu_script(["--dry-run"], {"DATA_OUT": str(tmp_path / "none"), "OUT": str(tmp_path / "out")})
     assert missing.returncode == 0 and "data not prepared yet" in missing.stdout
+
+
+# --- the evidence runs script (here: its plan only) ----------------------------------------------------------------
+
+EVIDENCE_SCRIPT = REPO_ROOT / "tools" / "evidence_runs.sh"
+
+
+def test_evidence_runs_dry_run_prints_every_protocol(tmp_path):
+    data = tmp_path / "data"
+    make_tiny_dataset(data / "acdc96", n=8, n_labeled=4, n_val=1, n_test=2)
+    make_tiny_dataset(data / "la_pool", n=12, n_labeled=9, n_val=1, n_test=2)
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", DATA=str(data), OUT=str(tmp_path / "out"))
+    proc = subprocess.run(["bash", str(EVIDENCE_SCRIPT), "--dry-run"], env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    # budget curve: one pretraining per method, every snapshot an arm, full and frozen
+    assert "pretrain coral seed 0" in out and "pretrain pcl seed 0" in out
+    for arm in ("coral_e50", "coral_e200", "coral_e800", "pcl_e800"):
+        assert f"train full n1 set0 seed0 {arm} lr 0.001" in out and f"frozen n1 set2 seed1 {arm}" in out
+    # the paper recipe: its overlay, one learning rate, 1 and 2 patients
+    assert "paper_finetune.json" in out and "train full n2 set0 seed0 coral lr 5e-05" in out
+    # LA-half: 6 labelled sets x 1 seed; hippocampus not prepared here: the script says so instead of failing
+    assert "train full n8 set5 seed0 supervised" in out and "seed1" not in out.split("LA-half")[1]
+    assert "data not prepared yet" in out and "hippo_pool" in out
+    assert not (tmp_path / "out").exists()
+    bad = subprocess.run(["bash", str(EVIDENCE_SCRIPT), "--fast"], env=env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert bad.returncode == 64 and "unknown argument" in bad.stderr

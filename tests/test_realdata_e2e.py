@@ -77,3 +77,48 @@ def test_exported_bundle_in_a_fresh_virtual_environment(hippocampus_dir, tmp_pat
                               capture_output=True, text=True, timeout=1800, check=False)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
         assert line in proc.stdout and "[standalone] ok: 1 label map(s)" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def partner_venv(tmp_path_factory):
+    """One virtual environment for the partner checks of this module (check_standalone.py reuses it when the
+    exports pin the same versions, as exports from one environment do)."""
+    return tmp_path_factory.mktemp("partner") / "venv"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["coral", "sal", "crln"])
+def test_every_bundle_runs_from_an_unrelated_directory_in_a_fresh_environment(method, partner_venv, tmp_path):
+    """check_standalone.py for each of CORAL, SAL and CRLN: the unzipped export, in an environment holding only the
+    metadata's packages, segments an image with `--config_file <bundle>/configs/inference.json --bundle_root
+    <bundle>` run from an unrelated working directory (minutes on the first bundle: pip installs torch and MONAI)."""
+    import subprocess
+    import sys
+
+    from bundle_helpers import REPO_ROOT, make_tiny_dataset
+
+    import test_bundle_crln
+    import test_bundle_sal
+
+    tiny_values = {"coral": TINY, "sal": test_bundle_sal.TINY, "crln": test_bundle_crln.TINY}
+    bundle = BUNDLES / f"{method}_mri_segmentation"
+    configs = bundle / "configs"
+    datalist = make_tiny_dataset(tmp_path / "data")
+    tiny = write_overlay(tmp_path / "tiny.json", {**tiny_values[method], "num_classes": 4})
+    common = ["--bundle_root", str(tmp_path / "run"), "--datalist", str(datalist),
+              "--logging_file", str(configs / "logging.conf")]
+    for config in ("pretrain.json", "train.json"):
+        if (configs / config).is_file():
+            run_bundle(["run", "--config_file", config_list(configs / config, tiny), *common], cwd=tmp_path)
+    tool = REPO_ROOT / "tools"
+    subprocess.run([sys.executable, str(tool / "export_bundle.py"), "export", "--bundle", str(bundle), "--run_dir",
+                    str(tmp_path / "run"), "--output_dir", str(tmp_path / "dist"), "--key", str(tmp_path / "key")],
+                   check=True)
+    (zip_path,) = (tmp_path / "dist").glob("*.zip")
+    image = json.loads(datalist.read_text())["test"][0]["image"]
+    proc = subprocess.run([sys.executable, str(tool / "check_standalone.py"), str(zip_path), str(image),
+                           "--venv", str(partner_venv), "--workdir", str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert f"[standalone] cd {tmp_path / 'work' / 'elsewhere'} && " in proc.stdout
+    assert "[standalone] ok: 1 label map(s)" in proc.stdout

@@ -50,6 +50,45 @@ def test_early_stop_counts_validations_not_epochs_and_off_when_patience_is_none(
         EarlyStopOnPlateau(evaluator, "val_mean_dice", patience=0)
 
 
+def test_early_stop_cannot_stop_before_the_minimum_number_of_epochs():
+    # a run that has not learnt yet (validation Dice flat at 0): without a minimum, patience 2 stops it at epoch 3
+    trainer, evaluator = _engines([0.0] * 20)
+    stop = EarlyStopOnPlateau(evaluator, "val_mean_dice", patience=2)
+    stop.attach(trainer)
+    trainer.run([0], max_epochs=20)
+    assert stop.stopped_epoch == 3
+    # with min_epochs=10 the patience only counts from epoch 11 on: the earliest stop is epoch 12
+    trainer, evaluator = _engines([0.0] * 20)
+    stop = EarlyStopOnPlateau(evaluator, "val_mean_dice", patience=2, min_epochs=10)
+    stop.attach(trainer)
+    trainer.run([0], max_epochs=20)
+    assert stop.stopped_epoch == 12 and trainer.state.epoch == 12
+    # improvements inside the minimum still set the best value, which later validations must beat
+    trainer, evaluator = _engines([0.1, 0.6, 0.2, 0.2, 0.2, 0.5, 0.7, 0.3, 0.3, 0.3])
+    stop = EarlyStopOnPlateau(evaluator, "val_mean_dice", patience=3, min_epochs=4)
+    stop.attach(trainer)
+    trainer.run([0], max_epochs=10)
+    assert stop.best_metric == pytest.approx(0.7) and stop.stopped_epoch == 10
+    # a shorter run than the minimum runs to its end; a negative minimum is refused
+    trainer, evaluator = _engines([0.0] * 5)
+    stop = EarlyStopOnPlateau(evaluator, "val_mean_dice", patience=1, min_epochs=10)
+    stop.attach(trainer)
+    trainer.run([0], max_epochs=5)
+    assert trainer.state.epoch == 5 and not stop.stopped
+    with pytest.raises(ValueError, match="min_epochs"):
+        EarlyStopOnPlateau(evaluator, "val_mean_dice", patience=2, min_epochs=-1)
+
+
+def test_bundle_train_configs_wire_the_minimum_epochs_into_early_stopping():
+    from monai.bundle import ConfigParser
+
+    for name in ("coral", "sal", "crln"):
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLES / f"{name}_mri_segmentation" / "configs" / "train.json"))
+        assert parser["early_stop_min_epochs"] == 10, name
+        assert parser.config["train"]["early_stop"]["min_epochs"] == "@early_stop_min_epochs", name
+
+
 def test_a_stopped_run_ends_at_once_when_resumed():
     trainer, evaluator = _engines([0.5, 0.4, 0.3])
     stop = EarlyStopOnPlateau(evaluator, "val_mean_dice", patience=2)

@@ -121,7 +121,7 @@ def test_trained_values_cover_what_inference_and_overlays_set(name):
     assert recorded <= set(train), recorded - set(train)
     assert all(v == f"@{k}" for k, v in train["trained_values"].items())
     plain_infer = {k for k, v in infer.items() if not (isinstance(v, str) and v.startswith(("$", "@")))
-                   and not isinstance(v, dict) and k not in ("imports", "initialize", "run", "handlers")}
+                   and not isinstance(v, dict) and k not in ("imports", "initialize", "setup", "run", "handlers")}
     # channels_last is a memory layout: the same weights give the same network either way
     runtime_only = {"sw_batch_size", "overlap", "sw_mode", "input", "input_role", "bundle_root", "dataset_dir",
                     "channels_last"}
@@ -182,3 +182,141 @@ def test_onnx_export_slice_network(name, tmp_path):
 def test_onnx_export_crln_network(tmp_path):
     overrides = {"n_filters": 4, "num_prototypes": 4, "dropout": 0.0}
     _onnx_roundtrip("crln_mri_segmentation", overrides, [(1, 1, 32, 32, 16), (2, 1, 48, 32, 32)], tmp_path)
+
+
+# -- the zoo's pull-request layout: weights fetched from large_files.yml's URLs ---------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def zoo_pull_request(tmp_path_factory):
+    """CRLN exported in the zoo's pull-request layout (``--without_weights``), its weights served by
+    ``python -m http.server`` on 127.0.0.1 at the ``--weights_url`` the export wrote into ``large_files.yml``.
+
+    Yields ``(bundle folder, weights folder)``; the initial network weights stand in for trained ones (the checks
+    read files and shapes, not accuracy)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    import zipfile
+
+    from monailabel_helpers import _initial_run, phantom_values
+
+    name = "crln_mri_segmentation"
+    root = tmp_path_factory.mktemp("zoo_pr")
+    run_dir = _initial_run(name, root / "run", phantom_values(name), {"0": "background", "1": "a", "2": "b", "3": "c"})
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/weights"
+    zip_path = Path(export_tool().export(str(BUNDLES / name), str(run_dir), str(root / "dist"), weights_url=url,
+                                         without_weights=True))
+    weights = zip_path.with_name(f"{name}_v{json.loads((BUNDLES / name / 'configs' / 'metadata.json').read_text())['version']}_weights")
+    served = root / "served"
+    (served / "weights").mkdir(parents=True)
+    for path in weights.iterdir():
+        (served / "weights" / path.name).write_bytes(path.read_bytes())
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(root / "pr")
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
+                               str(served)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{url}/model.pt", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield root / "pr" / name, weights
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _zoo_verify_in_bundle(bundle: Path, mode: str) -> str:
+    """The zoo's verify_bundle checks, run as its CI runs them: a fresh process with the bundle folder first on
+    ``sys.path`` (the vendored volssl, not this repository's), the zoo schema from ``tools/schema`` (offline)."""
+    import os
+    import subprocess
+    import sys
+
+    tool = export_tool()
+    code = ("import sys; sys.path.insert(0, '.'); from volssl.bundle.zoo import verify_bundle; "
+            f"print(verify_bundle('.', {str(tool.SCHEMA)!r}, mode={mode!r}, schema_sha256={tool.SCHEMA_SHA256!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=bundle, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=""))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_zoo_pull_request_fetches_weights_and_verifies(zoo_pull_request):
+    """Acceptance: the zoo's `verify_bundle -m min` on the weights-less folder downloads the weights from the URLs
+    (hash checked) and passes; the files then match the manifest and large_files.yml."""
+    bundle, weights = zoo_pull_request
+    tool = export_tool()
+    from volssl.bundle import zoo
+
+    assert not zoo.weight_files(bundle), "the pull-request layout ships no weights"
+    entries = zoo.read_large_files((bundle / "large_files.yml").read_text())
+    assert sorted(e["path"] for e in entries) == ["models/model.pt", "models/model.ts"]
+    assert all(e["url"].startswith("http://127.0.0.1:") and len(e["hash_val"]) == 64 for e in entries)
+    assert any("not fetched" in p for p in tool.check(str(bundle)))  # before the download: the weights are missing
+    out = _zoo_verify_in_bundle(bundle, "min")
+    assert "large files downloaded" in out and "metadata format" in out
+    assert (bundle / "models" / "model.pt").read_bytes() == (weights / "model.pt").read_bytes()
+    assert tool.check(str(bundle)) == []
+
+
+def test_zoo_pull_request_passes_pre_commit_and_has_no_machine_paths(zoo_pull_request, tmp_path):
+    """What the pull request adds (the folder without weights, whether or not they were fetched since) passes the
+    zoo's pre-commit hooks unchanged, and no exported text names a folder of the exporting machine."""
+    from volssl.bundle import zoo
+
+    bundle = zoo.pull_request_layout(zoo_pull_request[0], tmp_path)
+    roots = [REPO_ROOT, zoo_pull_request[0].parent.parent, Path.home()]
+    assert zoo.machine_paths(bundle, roots) == []
+    record = json.loads((bundle / "models" / "training_record.json").read_text())
+    assert (bundle / "models" / "training_record.json").read_text() == json.dumps(record, indent=4) + "\n"
+    assert zoo.pre_commit_problems(bundle) == []
+
+
+def test_zoo_code_style_on_the_vendored_package_sample(zoo_pull_request):
+    """isort, black and flake8 with the zoo's settings on a sample of the export's code (fast); the whole export is
+    checked by the slow test below."""
+    from volssl.bundle import zoo
+
+    bundle, _ = zoo_pull_request
+    sample = ["volssl/__init__.py", "volssl/bundle/zoo.py", "volssl/io/errors.py", "volssl/data/datalist.py",
+              "volssl/losses/crln.py"]
+    assert zoo.code_style_problems(bundle, sample) == []
+
+
+@pytest.mark.slow
+def test_zoo_pull_request_full(zoo_pull_request):
+    """The whole export in the zoo's style, and the zoo's full verify (verify_net_in_out, TorchScript export and
+    the shipped model.ts) after the fetch. About 1-4 min on 2 shared cores."""
+    from volssl.bundle import zoo
+
+    bundle, _ = zoo_pull_request
+    assert zoo.code_style_problems(bundle) == []
+    out = _zoo_verify_in_bundle(bundle, "full")
+    assert "data shape" in out and "torchscript" in out
+
+
+def test_verify_of_a_missing_file_says_file_not_found(tmp_path):
+    with pytest.raises(VolsslInputError, match="file not found"):
+        export_tool().check(str(tmp_path / "dist" / "nothing_v0.1.0.zip"))
+
+
+def test_requirements_prints_the_pins_of_metadata(capsys):
+    export_tool().requirements(str(BUNDLES / "coral_mri_segmentation"))
+    meta = json.loads((BUNDLES / "coral_mri_segmentation" / "configs" / "metadata.json").read_text())
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"pip install monai=={meta['monai_version']} torch=={meta['pytorch_version']} ")
+    assert all(f"{k}=={v}" in line.split() for k, v in meta["required_packages_version"].items())

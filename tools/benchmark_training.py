@@ -146,7 +146,7 @@ def _measure_training(configs: list[str], datalist: str, overrides: dict, timed_
                        **overrides})
         per_epoch = len(parser.get_parsed_content("train#dataloader"))
         parser["epochs"] = 1 + -(-timed_iterations // per_epoch)
-        parser.get_parsed_content("initialize")
+        parser.get_parsed_content("setup")
         trainer = parser.get_parsed_content("train#trainer")
         if "train#checkpointing" in parser:  # slice bundles
             for handler in parser.get_parsed_content("train#checkpointing"):
@@ -219,7 +219,7 @@ def _pretrain_ours(method: str, features: int, patch: int, batch: int, iteration
     batches = _synthetic_batches(warmup + iterations, batch, patch)
     parser.update({"features": features, "patch_size": [patch, patch], "pretrain_batch_size": batch,
                    "pretrain#dataloader": batches, "pretrain#handlers": [], "pretrain_epochs": 1, "amp": False})
-    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("setup")
     trainer = parser.get_parsed_content("pretrain#trainer")
     times, t0 = [], [0.0]
     trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: t0.__setitem__(0, time.perf_counter()))

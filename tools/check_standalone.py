@@ -1,5 +1,6 @@
 """Run an exported bundle the way a partner does: a fresh virtual environment holding only what its metadata.json
-declares, the zip unzipped, inference from the bundle folder; then check every label map lies on its image's grid.
+declares, the zip unzipped, inference from an unrelated working directory; then check every label map lies on its
+image's grid.
 
     python tools/check_standalone.py ZIP INPUT [--output_dir OUT] [--output_format nifti|dicom_seg]
                                      [--venv .venv-standalone] [--workdir DIR]
@@ -18,6 +19,7 @@ and every frame references one of its slices and lies at that slice's position).
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -93,18 +95,25 @@ def run(zip_path: str, input: str, output_dir: str | None = None, venv: str = ".
     """Install, unzip and segment (see the module docstring)."""
     zip_file, source = Path(zip_path).resolve(), Path(input).resolve()
     work = Path(workdir or tempfile.mkdtemp(prefix="volssl_standalone_")).resolve()
+    from volssl.bundle.archive import safe_extract
+
+    safe_extract(zip_file, work)  # a downloaded zip is untrusted: every member checked before anything is written
     with zipfile.ZipFile(zip_file) as zf:
-        zf.extractall(work)
         (name,) = {n.split("/")[0] for n in zf.namelist()}
     bundle = work / name
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     python = _venv(Path(venv).resolve(), _pins(meta))
     out = Path(output_dir or work / "predictions").resolve()
-    cmd = [str(python), "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--bundle_root", ".",
-           "--input", str(source), "--output_dir", str(out), "--output_format", output_format]
-    print(f"[standalone] cd {bundle} && python {' '.join(cmd[1:])}")
+    # from a working directory that has nothing to do with the bundle: MONAI finds the vendored volssl through the
+    # config file's bundle folder (and the configs import volssl only once MONAI has put that folder on sys.path)
+    elsewhere = work / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    cmd = [str(python), "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
+           "--bundle_root", str(bundle), "--input", str(source), "--output_dir", str(out),
+           "--output_format", output_format]
+    print(f"[standalone] cd {shlex.quote(str(elsewhere))} && {shlex.join(cmd)}")  # the venv's python: pasteable
     start = time.time()
-    proc = subprocess.run(cmd, cwd=bundle, check=False)
+    proc = subprocess.run(cmd, cwd=elsewhere, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"[standalone] inference failed (exit {proc.returncode})")
     suffix = ".dcm" if output_format == "dicom_seg" else ".nii.gz"

@@ -161,13 +161,14 @@ def run(
         cmd = [sys.executable, str(REPO_ROOT / "tools" / "probe_embeddings.py"), "--bundle",
                str(REPO_ROOT / (bundle or probe_bundle)), "--datalist", str(datalist), "--role", role,
                "--output_dir", str(probe_dir), "--seed", str(seed)]
-        if overlay:
-            cmd += ["--overlay", overlay if isinstance(overlay, str) else ",".join(overlay)]
-        shared = {k: v for k, v in overrides.items() if k in ("features", "in_channels", "patch_size")}
-        if shared:
-            cmd += ["--overrides", repr(shared)]
-        if bundle is not None:
+        if bundle is not None:  # a pretrained arm: the probe reads the network values from the run's record
             cmd += ["--run_dir", str(root)]
+        else:  # random initialisation: the comparison's overlay and shared values define the network
+            if overlay:
+                cmd += ["--overlay", overlay if isinstance(overlay, str) else ",".join(overlay)]
+            shared = {k: v for k, v in overrides.items() if k in ("features", "in_channels", "patch_size")}
+            if shared:
+                cmd += ["--overrides", repr(shared)]
         print(f"[{name}] probe: $ {' '.join(cmd[1:])}", flush=True)
         start = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -2,7 +2,12 @@
 
     python tools/export_bundle.py export --bundle bundles/coral_mri_segmentation --run_dir runs/coral/bundle \\
         --output_dir dist [--version 0.1.0] [--metrics runs/coral/metrics/metrics_summary.json] [--data_note "..."]
-    python tools/export_bundle.py verify dist/coral_mri_segmentation_v0.1.0.zip     # or an unzipped bundle folder
+        [--key ~/.config/volssl/signing_key]
+    python tools/export_bundle.py verify dist/coral_mri_segmentation_v0.1.0.zip [--public_key SHA256:...]  # or a folder
+    python tools/export_bundle.py key [--key PATH]                                  # the signing key's fingerprint
+    python tools/export_bundle.py export ... --weights_url URL_PREFIX [--without_weights]  # zoo pull-request layout
+    python tools/export_bundle.py fetch BUNDLE_FOLDER        # download the weights large_files.yml lists, hash checked
+    python tools/export_bundle.py requirements ZIP_OR_FOLDER  # the pip line metadata.json pins
     python tools/export_bundle.py format bundles [--check]                          # model-zoo JSON style
 
 ``export`` reads the training run's bundle root ``RUN`` (the ``--bundle_root`` of its ``train.json`` run):
@@ -24,9 +29,17 @@ folder ``<name>/`` laid out as a model-zoo bundle:
 - ``docs/``, ``LICENSE``, ``large_files.yml`` (the zoo's format, sha256 hashes) and ``checksums.sha256`` (a sha256 of
   every other file, ``sha256sum -c`` format).
 
-``verify`` exits 0 only when every file's hash matches the manifest, no file is missing or unlisted, the
-``large_files.yml`` hashes match and every config parses (and ``metadata.json`` passes MONAI's ``verify_metadata``
-against the zoo schema kept in ``tools/schema/``); otherwise it prints what is wrong, naming the file, and exits 1.
+``export`` signs ``checksums.sha256`` with the exporter's Ed25519 key (``volssl.bundle.signing``; ``--key``, else
+``$VOLSSL_SIGNING_KEY``, else ``~/.config/volssl/signing_key``, created on first use) into
+``checksums.sha256.sig`` and prints the key's fingerprint, to be published with the zip.
+
+``verify`` checks a zip's members before extracting anything (``volssl.bundle.archive``: no absolute or ``..``
+paths, no links, bounded member count and sizes). With ``--public_key`` it exits 0 only for a bundle signed by that
+key whose files all have their signed hashes (else it names the first file that differs); without it, it says who
+signed the bundle (unchecked) or that the bundle is unsigned. It exits 0 only when every file's hash matches the
+manifest, no file is missing or unlisted, the ``large_files.yml`` hashes match and every config parses (and
+``metadata.json`` passes MONAI's ``verify_metadata`` against the zoo schema kept in ``tools/schema/``); otherwise it
+prints what is wrong, naming the file, and exits 2.
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ try:
 except ImportError:  # imported from elsewhere rather than run as `python tools/<tool>.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import cli
+from volssl.bundle import archive, signing, zoo
 from volssl.io import VolsslInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -197,14 +211,13 @@ def _torchscript(stage: Path) -> None:
 
 
 def _large_files(stage: Path, weights_url: str) -> str:
-    lines = ["large_files:"]
-    for path in sorted((stage / "models").glob("*")):
-        if path.suffix not in (".pt", ".ts"):
-            continue
-        rel = path.relative_to(stage).as_posix()
-        url = f"{weights_url.rstrip('/')}/{path.name}" if weights_url else ""
-        lines += [f'  - path: "{rel}"', f'    url: "{url}"', f'    hash_val: "{sha256(path)}"', '    hash_type: "sha256"']
-    return "\n".join(lines) + "\n"
+    return zoo.large_files_yaml(stage, weights_url)
+
+
+def _copy_record(src: Path, dst: Path, run: Path) -> None:
+    """A training record without the exporting machine's absolute paths (relative to the repository or the run), in
+    the zoo's JSON style."""
+    dst.write_text(zoo_json(zoo.portable_record(_read_json(src), [REPO_ROOT, run])))
 
 
 def _files(root: Path) -> list[Path]:
@@ -237,6 +250,8 @@ def export(
     metrics: str | None = None,
     data_note: str | None = None,
     weights_url: str = "",
+    key: str | None = None,
+    without_weights: bool = False,
 ) -> str:
     """Write ``<output_dir>/<name>_v<version>.zip`` from the training run in ``run_dir``; returns its path.
 
@@ -249,7 +264,14 @@ def export(
             ``eval_metrics`` (default: ``<run_dir>/eval/metrics_summary.json`` when it exists).
         data_note: one sentence on the training and evaluation data of these weights, appended to ``data_source``.
         weights_url: where the weights will be hosted (``large_files.yml`` urls); empty: shipped in the zip only.
+        key: the exporter's Ed25519 signing key (default ``$VOLSSL_SIGNING_KEY``, else
+            ``~/.config/volssl/signing_key``; created on first use): the manifest is signed with it.
+        without_weights: the model zoo's pull-request layout: the zip leaves the weight files out (needs
+            ``weights_url``; they go to ``<output_dir>/<name>_v<version>_weights/``, to be uploaded there), and
+            ``fetch`` (or the zoo's CI) downloads them from the URLs, hash checked.
     """
+    if without_weights and not weights_url:
+        raise VolsslInputError("--without_weights", "needs --weights_url URL_PREFIX (where the weights will be hosted)")
     bundle_dir, run = Path(bundle).resolve(), Path(run_dir).resolve()
     configs = bundle_dir / "configs"
     if not (configs / "metadata.json").is_file():
@@ -293,25 +315,61 @@ def export(
         (stage / "models").mkdir()
         for item in ("model.pt", "pretrain.pt", "training_record.json", "pretraining_record.json"):
             if (run / "models" / item).is_file() and (has_pretraining or "pretrain" not in item):
-                shutil.copy2(run / "models" / item, stage / "models" / item)
+                if item.endswith(".json"):
+                    _copy_record(run / "models" / item, stage / "models" / item, run)
+                else:
+                    shutil.copy2(run / "models" / item, stage / "models" / item)
         _torchscript(stage)
         (stage / LARGE_FILES).write_text(_large_files(stage, weights_url))
         _write_manifest(stage)
-        verify(str(stage))
         zip_path = Path(output_dir).resolve() / f"{name}_v{version}.zip"
+        if without_weights:  # rewrites the manifest without the weights, so it is signed afterwards
+            stage = _leave_weights_out(stage, zip_path.with_name(f"{name}_v{version}_weights"))
+        private_key, key_file = signing.load_or_create_key(key)
+        signer = signing.sign_manifest(stage, MANIFEST, private_key)
+        verify(str(stage), public_key=signer)
         _zip(stage, zip_path)
     print(f"exported {zip_path}")
+    print(f"signed with {key_file}: publish this fingerprint with the zip, partners check it with "
+          f"`verify {zip_path.name} --public_key {signer}`\nfingerprint {signer}")
     return str(zip_path)
+
+
+def _leave_weights_out(stage: Path, weights_dir: Path) -> Path:
+    """Move the weight files of ``stage`` to ``weights_dir`` (for upload) and list the rest in the manifest; the
+    weights stay covered by ``large_files.yml``'s hashes."""
+    if weights_dir.exists():
+        shutil.rmtree(weights_dir)
+    weights_dir.mkdir(parents=True)
+    for path in zoo.weight_files(stage):
+        shutil.move(str(path), weights_dir / path.name)
+    _write_manifest(stage)
+    print(f"weights for {LARGE_FILES}'s urls: {weights_dir}")
+    return stage
+
+
+def requirements(path: str) -> None:
+    """Print the ``pip install`` line that ``configs/metadata.json`` of the bundle zip or folder at ``path`` pins."""
+    with tempfile.TemporaryDirectory(prefix="volssl_requirements_") as tmp:
+        meta = _read_json(_bundle_root(Path(path).resolve(), Path(tmp)) / "configs" / "metadata.json")
+    print("pip install " + " ".join(zoo.bundle_requirements(meta)))
+
+
+def fetch(path: str) -> None:
+    """Download the weights an exported bundle folder's ``large_files.yml`` lists (hash checked), as the zoo's CI."""
+    for target in zoo.fetch_large_files(Path(path)):
+        print(f"fetched {target}")
 
 
 def _bundle_root(path: Path, workdir: Path) -> Path:
     """The bundle folder of a zip (extracted into ``workdir``) or a folder."""
+    if not path.exists():
+        raise VolsslInputError(path, "file not found")
     if path.is_dir():
         return path
     if not zipfile.is_zipfile(path):
         raise VolsslInputError(path, "neither a bundle folder nor a zip file")
-    with zipfile.ZipFile(path) as zf:
-        zf.extractall(workdir)
+    archive.safe_extract(path, workdir)  # every member checked before anything is written
     tops = [p for p in workdir.iterdir() if p.is_dir()]
     if len(tops) != 1:
         raise VolsslInputError(path, f"a bundle zip holds exactly one top folder, found {[p.name for p in tops]}")
@@ -333,8 +391,10 @@ def _parse_large_files(text: str) -> list[dict]:
     return entries
 
 
-def check(path: str) -> list[str]:
-    """The problems of the bundle zip or folder at ``path`` (an empty list when it verifies)."""
+def check(path: str, public_key: str | None = None, notes: list[str] | None = None) -> list[str]:
+    """The problems of the bundle zip or folder at ``path`` (an empty list when it verifies); with ``public_key``
+    (a fingerprint, a public key or a key file) the bundle must be signed by that key. What the signature check
+    found (signed by whom, or unsigned) is appended to ``notes``."""
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="volssl_verify_") as tmp:
         root = _bundle_root(Path(path).resolve(), Path(tmp))
@@ -348,10 +408,12 @@ def check(path: str) -> list[str]:
                 problems.append(f"{manifest}: line {number} is not '<sha256>  <path>'")
                 continue
             listed[rel] = digest
-        present = {p.relative_to(root).as_posix() for p in _files(root) if p.name != MANIFEST}
+        present = {p.relative_to(root).as_posix() for p in _files(root)} - {MANIFEST, signing.SIGNATURE}
         for rel in sorted(set(listed) - present):
             problems.append(f"{rel}: listed in {MANIFEST} but missing")
-        for rel in sorted(present - set(listed)):
+        large_paths = {e.get("path") for e in _parse_large_files((root / LARGE_FILES).read_text())} if (
+            root / LARGE_FILES).is_file() else set()
+        for rel in sorted(present - set(listed) - large_paths):  # weights fetched for large_files.yml: its hashes
             problems.append(f"{rel}: not listed in {MANIFEST}")
         for rel in sorted(set(listed) & present):
             if sha256(root / rel) != listed[rel]:
@@ -361,11 +423,16 @@ def check(path: str) -> list[str]:
             for entry in _parse_large_files(large.read_text()):
                 target = root / entry.get("path", "")
                 if not target.is_file():
-                    problems.append(f"{entry.get('path')}: listed in {LARGE_FILES} but missing")
+                    problems.append(f"{entry.get('path')}: listed in {LARGE_FILES} but missing (not fetched: "
+                                    "export_bundle.py fetch)")
                 elif entry.get("hash_type") == "sha256" and sha256(target) != entry.get("hash_val"):
                     problems.append(f"{entry.get('path')}: sha256 differs from {LARGE_FILES}")
         else:
             problems.append(f"{LARGE_FILES}: not found")
+        signature = signing.check_signature(root, MANIFEST, public_key, sha256, indexes=(LARGE_FILES,))
+        problems = signature.problems + problems  # a file changed after signing is named first
+        if notes is not None:
+            notes.append(signature.note)
         problems += _check_configs(root)
     return problems
 
@@ -399,19 +466,34 @@ def metadata_problems(meta: Path) -> list[str]:
     from monai.bundle import verify_metadata
 
     try:
+        import jsonschema  # noqa: F401 - MONAI imports it optionally and fails with a TypeError when it is missing
+    except ImportError:
+        raise VolsslInputError(meta, "checking it against the model-zoo schema needs the jsonschema package: "
+                               "pip install -r requirements.txt (or pip install jsonschema)") from None
+    try:
         verify_metadata(meta_file=str(meta), filepath=str(SCHEMA), hash_val=SCHEMA_SHA256, hash_type="sha256")
     except Exception as err:  # noqa: BLE001 - jsonschema's ValidationError and friends
         return [f"{meta.name}: fails the model-zoo metadata schema ({type(err).__name__}: {str(err)[:300]})"]
     return []
 
 
-def verify(path: str) -> None:
-    """Exit 0 when the bundle zip or folder at ``path`` verifies; otherwise print each problem and exit 1."""
-    problems = check(path)
+def verify(path: str, public_key: str | None = None) -> None:
+    """Exit 0 when the bundle zip or folder at ``path`` verifies (and, with ``--public_key``, is signed by that key:
+    a fingerprint ``SHA256:...``, a public key or a key file); otherwise print each problem and exit 2."""
+    notes: list[str] = []
+    problems = check(path, public_key=public_key, notes=notes)
     if problems:
         print("\n".join(f"FAIL {p}" for p in problems), file=sys.stderr)
         raise VolsslInputError(path, f"{len(problems)} problem(s), the first: {problems[0]}")
-    print(f"ok {path}: every file matches {MANIFEST}, configs parse, metadata passes the zoo schema")
+    print(f"ok {path}: every file matches {MANIFEST}, configs parse, metadata passes the zoo schema; {notes[0]}")
+
+
+def key(key: str | None = None) -> None:
+    """Print the fingerprint and public key of the signing key ``export`` uses (``--key``, else
+    ``$VOLSSL_SIGNING_KEY``, else ``~/.config/volssl/signing_key``, created on first use)."""
+    private_key, path = signing.load_or_create_key(key)
+    print(f"signing key {path}\npublic key  {signing.public_key_text(private_key.public_key())}\n"
+          f"fingerprint {signing.fingerprint(private_key.public_key())}")
 
 
 def format(*paths: str, check: bool = False) -> None:  # noqa: A001 - the command's name on the command line
@@ -433,4 +515,5 @@ def format(*paths: str, check: bool = False) -> None:  # noqa: A001 - the comman
 
 
 if __name__ == "__main__":
-    cli.main({"export": export, "verify": verify, "format": format}, name="export_bundle.py")
+    cli.main({"export": export, "verify": verify, "fetch": fetch, "format": format, "requirements": requirements,
+              "key": key}, name="export_bundle.py")

@@ -12,8 +12,13 @@ baseline with bootstrap 95 % confidence intervals and a label-efficiency curve.
         --family semi --label_counts "[8]" --n_sets 3 --seeds "[0,1]" --patience 5 \\
         --train_overrides "{'epochs': 40, 'iterations_per_epoch': 50, 'val_interval': 1}" \\
         --eval_variants "{'student': {'checkpoint': '{root}/models/model_student.pt'}}"
+    # pretraining budget curve: one 800-epoch pretraining per method, snapshots after 50/200/800 epochs as arms
+    python tools/label_efficiency.py run ... --budget_epochs "[50,200,800]"        # + budget.md/csv/png
+    # the released CORAL/PCL fine-tuning recipe (bundles' paper_finetune.json) instead of ours
+    python tools/label_efficiency.py run ... --train_overlay paper_finetune.json --lr_grid "[5e-5]" --patience None
     python tools/label_efficiency.py summarize runs/le_acdc
     python tools/label_efficiency.py run ... --dry_run     # the plan: every step, done or to do, nothing run
+    bash tools/evidence_runs.sh [--dry-run]                # the evidence runs still to do, each such a command
     python tools/label_efficiency.py crop runs/data/acdc/datalist.json runs/data/acdc96 --size "[96,96]"
 
 **Data.** ``--datalist``'s ``training`` role is the *labelled pool*: labelled sets are drawn from it (convert with
@@ -35,10 +40,12 @@ baseline did on the same pair before it stopped (its plateau), without early sto
 
 **Each run.** ``train.json`` (+ ``--overlay``) with ``learning_rate`` from ``--lr_grid`` (``min_learning_rate =
 min_lr_ratio * lr`` for the slice bundles' cosine schedule) and ``early_stop_patience=--patience`` (validations
-without a better validation Dice; the checkpoint kept is the best on validation). The learning rate of each (arm,
-fine-tuning mode, count) is the grid value with the highest mean best-validation Dice over the first
-``--lr_tuning_pairs`` (labelled set, seed) pairs; every other pair runs at that value only. The selected model is
-then scored on the test role (``inference.json`` + ``evaluate.json``: per-volume 3D Dice, Jaccard, HD95, ASD).
+without a better validation Dice, counted only after ``--min_epochs``, default the bundles' ``early_stop_min_epochs``
+= 10; the checkpoint kept is the best on validation, or with ``paper_finetune.json`` the last epoch's). The learning
+rate of each (arm, fine-tuning mode, count) is the grid value with the highest mean best-validation Dice over the
+first ``--lr_tuning_pairs`` (labelled set, seed) pairs; every other pair runs at that value only. The selected model
+is then scored on the test role (``inference.json`` + ``evaluate.json``: per-volume 3D Dice, Jaccard, HD95, ASD, the
+Dice pooled over 2D slices).
 
 **Resuming.** Every step leaves a marker (``models/pretrain.pt``; ``train_done.json``; ``eval/metrics_summary.json``):
 rerunning the same command skips finished steps and resumes an interrupted training from its last checkpoint. The
@@ -47,8 +54,9 @@ sets and seeds may be added).
 
 **Outputs** (``summarize``, also at the end of ``run``): ``runs.csv`` (one row per run), ``paired.csv`` /
 ``paired.md`` (per fine-tuning mode and count, each arm minus the baseline over the same pairs: mean, bootstrap 95 %
-CI, paired t interval, sd, pairs better; see ``paired_stats.py`` for the bootstrap; with ``--eval_variants`` also
-per extra evaluation, e.g. a CRLN teacher), ``curve.png`` (test Dice against labelled volumes, one line per arm, a
+CI, paired t interval, the t interval over labelled sets (seeds of a set averaged first), sd, pairs better, and the
+same paired comparison of the Dice pooled over 2D slices; see ``paired_stats.py`` for the bootstrap; with
+``--eval_variants`` also per extra evaluation, e.g. a CRLN teacher), ``curve.png`` (test Dice against labelled volumes, one line per arm, a
 95 % bootstrap band over pairs; one panel per fine-tuning mode) and ``lr_choice.json``. ``runs.csv`` has each
 run's training throughput (``its_per_s``, from its log) and ``paired.md`` the compute the protocol took.
 """
@@ -66,12 +74,14 @@ import fire
 import numpy as np
 
 try:
-    from comparison_common import MEAN_FG_METRICS, REPO_ROOT, bundle_run, overlay_files, parse_literal, record_seconds
-    from paired_stats import bootstrap_mean_ci, paired_summary
+    from comparison_common import (MEAN_FG_METRICS, POOLED_COLUMN, REPO_ROOT, bundle_run, overlay_files, parse_literal,
+                                   record_seconds)
+    from paired_stats import bootstrap_mean_ci, paired_summary, t_interval
 except ImportError:  # imported from elsewhere rather than run as `python tools/label_efficiency.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from comparison_common import MEAN_FG_METRICS, REPO_ROOT, bundle_run, overlay_files, parse_literal, record_seconds
-    from paired_stats import bootstrap_mean_ci, paired_summary
+    from comparison_common import (MEAN_FG_METRICS, POOLED_COLUMN, REPO_ROOT, bundle_run, overlay_files, parse_literal,
+                                   record_seconds)
+    from paired_stats import bootstrap_mean_ci, paired_summary, t_interval
 
 CORAL_BUNDLE = "bundles/coral_mri_segmentation"
 SAL_BUNDLE = "bundles/sal_mri_segmentation"
@@ -85,8 +95,23 @@ FAMILIES = {"slice": {"baseline": "random", "arms": tuple(SLICE_ARMS), "finetune
 # settings that define the runs of an output folder (a change would mix incomparable runs)
 FIXED_SETTINGS = ("datalist", "family", "finetune_bundle", "semi_bundle", "overlay", "overrides", "train_overrides",
                   "pretrain_overrides", "patience", "lr_grid", "lr_tuning_pairs", "min_lr_ratio", "group_regex",
-                  "set_seed", "match_budget", "pretrain_per_seed")
+                  "set_seed", "match_budget", "pretrain_per_seed", "train_overlay", "min_epochs", "budget_epochs")
+# settings added after the first protocols were run: an older protocol.json without them had these values
+SETTING_DEFAULTS = {"train_overlay": [], "min_epochs": None, "budget_epochs": []}
 TRAIN_DONE = "train_done.json"
+BUDGET_SEP = "_e"  # a budget-curve arm is <pretraining arm>_e<pretraining epochs>, e.g. coral_e200
+
+
+def budget_arm(arm: str, epochs: int) -> str:
+    return f"{arm}{BUDGET_SEP}{int(epochs)}"
+
+
+def split_arm(arm: str) -> tuple[str, int | None]:
+    """``coral_e200`` -> ``("coral", 200)``; an arm without a budget -> ``(arm, None)``."""
+    base, sep, tail = arm.rpartition(BUDGET_SEP)
+    if sep and tail.isdigit() and base:
+        return base, int(tail)
+    return arm, None
 
 
 # --- labelled sets ------------------------------------------------------------------------------------------------
@@ -145,7 +170,15 @@ class Protocol:
         self.s = settings
         self.family = FAMILIES[settings["family"]]
         self.baseline = self.family["baseline"]
-        self.arms = [self.baseline] + [a for a in arms if a != self.baseline]
+        budgets = [int(b) for b in settings.get("budget_epochs") or []]
+        self.budgets = sorted(set(budgets))
+        arms = [a for a in arms if a != self.baseline]
+        if self.budgets:  # every pretraining arm once per budget (already expanded arms are kept as they are)
+            arms = [a if split_arm(a)[1] is not None else budget_arm(a, b)
+                    for a in arms for b in ([None] if split_arm(a)[1] is not None else self.budgets)]
+            arms = list(dict.fromkeys(arms))
+        self.arms = [self.baseline] + arms
+        self.pretrain_arms = list(dict.fromkeys(split_arm(a)[0] for a in arms))
         self.label_counts, self.n_sets, self.seeds, self.finetune = label_counts, n_sets, seeds, finetune
         self.out = out
         self.pairs = [(s, seed) for s in range(n_sets) for seed in seeds]
@@ -157,6 +190,12 @@ class Protocol:
 
     def pretrain_root(self, arm: str, seed: int) -> Path:
         return self.out / "pretrain" / (f"{arm}_seed{seed}" if self.s["pretrain_per_seed"] else arm)
+
+    def pretrained_ckpt(self, arm: str, seed: int) -> Path:
+        """The encoder an arm fine-tunes from: ``pretrain.pt``, or the snapshot of its budget."""
+        base, epochs = split_arm(arm)
+        models = self.pretrain_root(base, self.pretrain_seed(seed)) / "models"
+        return models / ("pretrain.pt" if epochs is None else f"pretrain_epoch{epochs}.pt")
 
     def pretrain_seed(self, seed: int) -> int:
         return seed if self.s["pretrain_per_seed"] else self.seeds[0]
@@ -213,7 +252,8 @@ def _check_settings(out: Path, settings: dict) -> None:
     old = _read_json(out / "protocol.json")
     if old is None:
         return
-    changed = [k for k in FIXED_SETTINGS if json.dumps(old.get("settings", {}).get(k)) != json.dumps(settings[k])]
+    before = {**SETTING_DEFAULTS, **old.get("settings", {})}
+    changed = [k for k in FIXED_SETTINGS if json.dumps(before.get(k)) != json.dumps(settings[k])]
     if changed:
         raise SystemExit(f"{out} holds a protocol with other settings ({', '.join(changed)}): use another output_dir "
                          "(arms, label counts, sets and seeds may be added to an existing one)")
@@ -240,6 +280,9 @@ def run(
     min_lr_ratio: float = 0.1,
     match_budget: bool = True,
     pretrain_per_seed: bool = False,
+    train_overlay=None,
+    min_epochs: int | None = None,
+    budget_epochs=None,
     finetune_bundle: str = CORAL_BUNDLE,
     semi_bundle: str = CRLN_BUNDLE,
     bootstrap_unit: str = "pairs",
@@ -270,6 +313,16 @@ def run(
         min_lr_ratio: slice family: ``min_learning_rate = min_lr_ratio * learning_rate``.
         match_budget: semi family: the non-baseline arms train as many epochs as the baseline did on the same pair.
         pretrain_per_seed: pretrain each method once per seed (pretraining variance enters the pairs) instead of once.
+        train_overlay: config file name(s) merged after ``overlay`` for the fine-tuning steps only, e.g.
+            ``paper_finetune.json`` (the released CORAL/PCL fine-tuning recipe; with ``--lr_grid "[5e-5]"`` and
+            ``--patience None``, since the tool sets the learning rate and the early stopping of every run).
+        min_epochs: ``early_stop_min_epochs`` of every training run (the patience counts only after this many
+            epochs); ``None``: the bundle's default (10).
+        budget_epochs: pretraining budget curve, e.g. ``[50, 200, 800]``: each pretraining method runs once for the
+            largest number of epochs, keeping its encoder after each of these epochs, and every snapshot is
+            fine-tuned as an arm of its own (``coral_e50``, ``coral_e200``, ...); ``summarize`` adds ``budget.md``,
+            ``budget.csv`` and ``budget.png`` (paired gain against pretraining iterations). Empty: one pretraining
+            of ``pretrain_epochs`` per method.
         finetune_bundle: the bundle whose train/inference/evaluate configs fine-tune every slice arm.
         semi_bundle: the semi-supervised bundle (``mode`` switch).
         bootstrap_unit: ``pairs`` or ``pairs_and_cases`` (see ``paired_stats.py``).
@@ -301,11 +354,12 @@ def run(
     bundle = finetune_bundle if family == "slice" else semi_bundle
     configs = REPO_ROOT / bundle / "configs"
     extra = overlay_files(configs, overlay)
+    train_extra = overlay_files(configs, train_overlay)
     if lr_grid is None:  # no tuning: the learning rate of the overrides, else of the configs
         from monai.bundle import ConfigParser
 
         parser = ConfigParser()
-        parser.read_config([str(configs / "train.json"), *map(str, extra)])
+        parser.read_config([str(configs / "train.json"), *map(str, extra), *map(str, train_extra)])
         given = {**parse_literal(overrides, {}), **parse_literal(train_overrides, {})}
         lr_grid = [float(given.get("learning_rate", parser["learning_rate"]))]
     settings = {"datalist": str(datalist_path), "family": family, "finetune_bundle": finetune_bundle,
@@ -315,14 +369,21 @@ def run(
                 "patience": None if patience is None else int(patience),
                 "lr_grid": [float(v) for v in parse_literal(lr_grid, [])], "lr_tuning_pairs": int(lr_tuning_pairs),
                 "min_lr_ratio": float(min_lr_ratio), "group_regex": group_regex, "set_seed": int(set_seed),
-                "match_budget": bool(match_budget), "pretrain_per_seed": bool(pretrain_per_seed)}
+                "match_budget": bool(match_budget), "pretrain_per_seed": bool(pretrain_per_seed),
+                "train_overlay": [q.name for q in train_extra],
+                "min_epochs": None if min_epochs is None else int(min_epochs),
+                "budget_epochs": sorted({int(b) for b in parse_literal(budget_epochs, [])})}
+    if settings["budget_epochs"] and family != "slice":
+        raise SystemExit("budget_epochs is a pretraining budget: only for family 'slice'")
+    if any(b < 1 for b in settings["budget_epochs"]):
+        raise SystemExit(f"budget_epochs must be positive numbers of epochs, got {settings['budget_epochs']}")
     if not settings["lr_grid"]:
         raise SystemExit("lr_grid is empty")
     _check_settings(out, settings)
     proto = Protocol(settings, arms, label_counts, int(n_sets), seeds, finetune, out)
     sets = draw_labelled_sets(datalist_path, label_counts, proto.n_sets, group_regex, proto.s["set_seed"])
     variants = dict(parse_literal(eval_variants, {}))
-    runner = _Runner(proto, configs, extra, dry_run, variants)
+    runner = _Runner(proto, configs, extra, dry_run, variants, train_extra)
     if not dry_run:
         from volssl.data.datalist import save_datalist
 
@@ -346,8 +407,10 @@ class _Runner:
     learning-rate grid on the tuning pairs; then pair by pair (so a stopped protocol has whole pairs) the remaining
     runs at the chosen rate and the test evaluations."""
 
-    def __init__(self, proto: Protocol, configs: Path, extra: list[Path], dry_run: bool, variants: dict) -> None:
+    def __init__(self, proto: Protocol, configs: Path, extra: list[Path], dry_run: bool, variants: dict,
+                 train_extra: list[Path] = ()) -> None:
         self.p, self.configs, self.extra, self.dry_run, self.variants = proto, configs, extra, dry_run, variants
+        self.train_extra = list(train_extra)  # overlays of the fine-tuning steps only (not pretraining, not test)
         self.todo: list[str] = []
         self.done = 0
         self.lr_choice: dict[str, float] = dict(_read_json(proto.out / "lr_choice.json") or {})
@@ -373,7 +436,7 @@ class _Runner:
         if p.s["family"] != "slice":
             return
         per_arm = p.s["pretrain_overrides"] and set(p.s["pretrain_overrides"]) <= set(SLICE_ARMS)
-        for arm in p.arms:
+        for arm in p.pretrain_arms:
             if SLICE_ARMS[arm] is None:
                 continue
             bundle, arm_overlays = SLICE_ARMS[arm]
@@ -384,6 +447,8 @@ class _Runner:
                          *overlay_files(configs, list(arm_overlays))]
                 arm_over = p.s["pretrain_overrides"].get(arm, {}) if per_arm else p.s["pretrain_overrides"]
                 over = {**p.s["overrides"], **arm_over, "seed": seed, "datalist": p.s["datalist"]}
+                if p.budgets:  # one run to the largest budget, its encoder kept after each budget's epoch
+                    over.update({"pretrain_epochs": max(p.budgets), "save_pretrain_epochs": p.budgets})
 
                 def action(files=files, root=root, over=over):
                     seconds = bundle_run(files, root, Path(p.s["datalist"]).parent, over, root / "pretrain.log")
@@ -396,14 +461,16 @@ class _Runner:
         p = self.p
         over = {**self._common(k, s), **p.s["train_overrides"], "seed": seed, "learning_rate": lr,
                 "early_stop_patience": p.s["patience"]}
+        if p.s.get("min_epochs") is not None:
+            over["early_stop_min_epochs"] = p.s["min_epochs"]
         if p.s["family"] == "slice":
             over["min_learning_rate"] = lr * p.s["min_lr_ratio"]
             over["freeze_encoder"] = ft == "frozen"
-            if SLICE_ARMS[arm] is None:
+            if SLICE_ARMS[split_arm(arm)[0]] is None:
                 over["load_pretrain"] = False
             else:
                 over["load_pretrain"] = True
-                over["pretrained_ckpt"] = str(p.pretrain_root(arm, p.pretrain_seed(seed)) / "models" / "pretrain.pt")
+                over["pretrained_ckpt"] = str(p.pretrained_ckpt(arm, seed))
         else:
             over["mode"] = arm
             if p.s["match_budget"] and arm != p.baseline:
@@ -429,8 +496,8 @@ class _Runner:
             return
 
         def action():
-            seconds = bundle_run([self.configs / "train.json", *self.extra], root, p.set_path(k, s).parent, over,
-                                 root / "train.log")
+            seconds = bundle_run([self.configs / "train.json", *self.extra, *self.train_extra], root,
+                                 p.set_path(k, s).parent, over, root / "train.log")
             record = {**train_record(root), "train_s": round(seconds, 1), "learning_rate": lr,
                       "epochs_max": over.get("epochs")}
             (root / TRAIN_DONE).write_text(json.dumps(record, indent=2) + "\n")
@@ -527,6 +594,31 @@ def _case_dice(eval_dir: Path) -> dict[str, float]:
     return {c: statistics.fmean(v) for c, v in per.items()}
 
 
+def _pooled(summary: dict) -> float | None:
+    """The Dice pooled over the 2D slices of the test role, foreground mean (``None`` in summaries without it)."""
+    pooled = summary.get("mean_foreground", {}).get("pooled_slice_dice")
+    return pooled["mean"] if isinstance(pooled, dict) else pooled
+
+
+def set_level_interval(diffs: dict[tuple[int, int], float], level: float = 0.95) -> dict:
+    """The interval with the labelled set as the unit: the paired differences of one set (its seeds share the
+    labelled volumes, so they are not independent replicates) averaged first, then the t interval over the sets.
+
+    Args:
+        diffs: ``{(set, seed): difference}``.
+
+    Returns:
+        ``n_sets``, ``set_diff_mean`` and ``set_t_low``/``set_t_high`` (``nan`` with fewer than two sets).
+    """
+    per_set: dict[int, list[float]] = {}
+    for (s, _), d in diffs.items():
+        per_set.setdefault(s, []).append(d)
+    means = [statistics.fmean(v) for _, v in sorted(per_set.items())]
+    low, high = t_interval(means, level)
+    return {"n_sets": len(means), "set_diff_mean": statistics.fmean(means) if means else float("nan"),
+            "set_t_low": low, "set_t_high": high}
+
+
 def collect_rows(output_dir: str) -> tuple[list[dict], dict, dict[tuple, dict[str, float]]]:
     """The finished runs of ``output_dir``: one row per (mode, count, set, seed, arm) at the chosen learning rate,
     the protocol, and each run's per-case Dice."""
@@ -557,6 +649,7 @@ def collect_rows(output_dir: str) -> tuple[list[dict], dict, dict[tuple, dict[st
                            "n_test": summary["n_cases"]}
                     for column, key in MEAN_FG_METRICS:
                         row[column] = summary["mean_foreground"][key]["mean"]
+                    row[POOLED_COLUMN] = _pooled(summary)
                     if len(summary["classes"]) > 1:
                         for stats in summary["classes"].values():
                             row[f"dice_{stats['name']}"] = stats["dice"]["mean"]
@@ -569,6 +662,7 @@ def collect_rows(output_dir: str) -> tuple[list[dict], dict, dict[tuple, dict[st
                         extra = _read_json(root / f"eval_{name}" / "metrics_summary.json")
                         if extra is not None:
                             row[f"dice_mean_fg_{name}"] = extra["mean_foreground"]["dice"]["mean"]
+                            row[f"{POOLED_COLUMN}_{name}"] = _pooled(extra)
                             cases[(ft, k, s, seed, arm, name)] = _case_dice(root / f"eval_{name}")
                     rows.append(row)
                     cases[(ft, k, s, seed, arm, "selected")] = _case_dice(root / "eval")
@@ -583,6 +677,7 @@ def paired_rows(rows: list[dict], protocol: dict, cases: dict, unit: str = "pair
     out = []
     for model in ["selected", *protocol.get("eval_variants", {})]:
         metric = "dice_mean_fg" if model == "selected" else f"dice_mean_fg_{model}"
+        pooled = POOLED_COLUMN if model == "selected" else f"{POOLED_COLUMN}_{model}"
         for ft in protocol["finetune"]:
             for k in protocol["label_counts"]:
                 def runs_of(arm, ft=ft, k=k, metric=metric):
@@ -603,6 +698,14 @@ def paired_rows(rows: list[dict], protocol: dict, cases: dict, unit: str = "pair
                                                for q in pairs])
                     stats = paired_summary([mine[q][metric] for q in pairs], [base[q][metric] for q in pairs],
                                            case_diffs=case_diffs, unit=unit, n_boot=n_boot)
+                    stats.update(set_level_interval({q: mine[q][metric] - base[q][metric] for q in pairs}))
+                    both = [q for q in pairs if mine[q].get(pooled) is not None and base[q].get(pooled) is not None]
+                    if both:  # the slice papers' metric next to ours, paired the same way
+                        p2d = paired_summary([mine[q][pooled] for q in both], [base[q][pooled] for q in both],
+                                             n_boot=n_boot)
+                        stats.update({f"pooled_{key}": p2d[key] for key in ("n_pairs", "arm_mean", "baseline_mean",
+                                                                             "diff_mean", "ci_low", "ci_high",
+                                                                             "t_low", "t_high")})
                     volumes = [mine[q]["labelled_volumes"] for q in pairs if mine[q]["labelled_volumes"] is not None]
                     out.append({"model": model, "finetune": ft, "label_count": k,
                                 "labelled_volumes": statistics.fmean(volumes) if volumes else None, "arm": arm,
@@ -638,21 +741,26 @@ def summarize(output_dir: str, bootstrap_unit: str | None = None, n_boot: int = 
     paired = paired_rows(rows, protocol, cases, unit=unit, n_boot=n_boot)
     if paired:
         with open(out / "paired.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(paired[0]))
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for r in paired for key in r)))
             writer.writeheader()
             writer.writerows(paired)
     with_models = bool(protocol.get("eval_variants"))
     lines = [("| model " if with_models else "") + "| fine-tuning | labelled (groups / volumes) | arm (lr) | pairs | "
-             "arm Dice | baseline Dice (lr) | difference | 95 % CI (bootstrap) | 95 % CI (t) | sd | arm better |",
-             "|---" * (11 + with_models) + "|"]
+             "arm Dice | baseline Dice (lr) | difference | 95 % CI (bootstrap) | 95 % CI (t) | 95 % CI (t over sets) | "
+             "sd | arm better | pooled 2D Dice, arm / baseline | pooled 2D difference [95 % CI bootstrap] |",
+             "|---" * (14 + with_models) + "|"]
     for r in paired:
+        pooled = (f"{_fmt(r.get('pooled_arm_mean'))} / {_fmt(r.get('pooled_baseline_mean'))} | "
+                  f"{_fmt(r.get('pooled_diff_mean'), '+.4f')} [{_fmt(r.get('pooled_ci_low'), '+.4f')}, "
+                  f"{_fmt(r.get('pooled_ci_high'), '+.4f')}]" if r.get("pooled_n_pairs") else " | ")
         lines.append(
             (f"| {r['model']} " if with_models else "")
             + f"| {r['finetune']} | {r['label_count']} / {_fmt(r['labelled_volumes'], '.0f')} | {r['arm']} "
             f"({r['arm_lr']:g}) | {r['n_pairs']} | {_fmt(r['arm_mean'])} | {_fmt(r['baseline_mean'])} "
             f"({r['baseline_lr']:g}) | {_fmt(r['diff_mean'], '+.4f')} | [{_fmt(r['ci_low'], '+.4f')}, "
             f"{_fmt(r['ci_high'], '+.4f')}] | [{_fmt(r['t_low'], '+.4f')}, {_fmt(r['t_high'], '+.4f')}] | "
-            f"{_fmt(r['diff_sd'])} | {r['n_better']}/{r['n_pairs']} |")
+            f"[{_fmt(r['set_t_low'], '+.4f')}, {_fmt(r['set_t_high'], '+.4f')}] ({r['n_sets']} sets) | "
+            f"{_fmt(r['diff_sd'])} | {r['n_better']}/{r['n_pairs']} | {pooled} |")
     compute = sum(float(r["train_s"]) for r in rows)
     pretrain_s = sum((_read_json(p) or {}).get("pretrain", 0.0) for p in (out / "pretrain").glob("*/timing.json"))
     speed = []
@@ -671,7 +779,11 @@ def summarize(output_dir: str, bootstrap_unit: str | None = None, n_boot: int = 
         f"'{baseline}' on the same (labelled set, seed) pairs; the model of each run selected on validation Dice, its "
         f"learning rate chosen on validation. Bootstrap: {n_boot} resamples of "
         f"{'the pairs' if unit == 'pairs' else 'the pairs and, independently, the test cases'} (percentile "
-        f"interval); t: the paired t interval. {len(rows)} runs, training {compute / 3600:.2f} h"
+        f"interval); t: the paired t interval; t over sets: the differences of each labelled set averaged over its "
+        f"seeds, then the t interval over the sets (the unit to read when the seeds of a set share its labelled "
+        f"volumes; empty with one set). Pooled 2D Dice: per class 2 sum|P n L| / (sum|P| + sum|L|) over all 2D "
+        f"slices of the test role (the slice papers' metric), foreground mean, paired the same way. {len(rows)} runs, "
+        f"training {compute / 3600:.2f} h"
         f"{f', pretraining {pretrain_s / 3600:.2f} h' if pretrain_s else ''} (wall clock).\n"
         + ("\nThroughput (iterations per second of the training loops, validation included): " + "; ".join(speed)
            + ".\n" if speed else ""))
@@ -680,6 +792,94 @@ def summarize(output_dir: str, bootstrap_unit: str | None = None, n_boot: int = 
         print("throughput: " + "; ".join(speed))
     plot_curve(rows, protocol, out / "curve.png", n_boot=min(n_boot, 2000))
     print(f"written: {out / 'runs.csv'}, {out / 'paired.md'}, {out / 'curve.png'}")
+    if protocol["settings"].get("budget_epochs"):
+        budget = budget_rows(paired, protocol, out)
+        if budget:
+            write_budget(budget, out)
+            print(f"written: {out / 'budget.csv'}, {out / 'budget.md'}, {out / 'budget.png'}")
+
+
+def budget_rows(paired: list[dict], protocol: dict, out: Path) -> list[dict]:
+    """The paired rows of the budget-curve arms (model selected on validation), each with its pretraining method,
+    epochs and iterations (epochs x the pretraining's iterations per epoch, read from its log; ``None`` when the log
+    does not say)."""
+    proto = Protocol(protocol["settings"], protocol["arms"], protocol["label_counts"], protocol["n_sets"],
+                     protocol["seeds"], protocol["finetune"], out)
+    result = []
+    for r in paired:
+        method, epochs = split_arm(r["arm"])
+        if r["model"] != "selected" or epochs is None:
+            continue
+        per_epoch = log_throughput(proto.pretrain_root(method, proto.pretrain_seed(proto.seeds[0])) / "pretrain.log")
+        its = per_epoch.get("iterations_per_epoch")
+        result.append({"method": method, "pretrain_epochs": epochs,
+                       "pretrain_iterations": epochs * its if its else None, **r})
+    return sorted(result, key=lambda r: (r["finetune"], r["label_count"], r["method"], r["pretrain_epochs"]))
+
+
+def widest_interval(row: dict) -> tuple[float, float]:
+    """The envelope of a paired row's bootstrap, paired t and set-level t 95 % intervals (those defined)."""
+    lows = [row.get(k) for k in ("ci_low", "t_low", "set_t_low")]
+    highs = [row.get(k) for k in ("ci_high", "t_high", "set_t_high")]
+    lows = [v for v in lows if v is not None and not math.isnan(v)]
+    highs = [v for v in highs if v is not None and not math.isnan(v)]
+    return (min(lows) if lows else float("nan"), max(highs) if highs else float("nan"))
+
+
+def write_budget(budget: list[dict], out: Path) -> None:
+    """``budget.csv``, ``budget.md`` and ``budget.png``: the paired gain over random init against pretraining
+    iterations, one line per (method, fine-tuning mode), one panel per label count; the error bars are the widest of
+    the three 95 % intervals of the table (:func:`widest_interval`), so that no point looks better than its most
+    conservative interval allows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(out / "budget.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for r in budget for key in r)))
+        writer.writeheader()
+        writer.writerows(budget)
+    lines = ["| method | fine-tuning | labelled (groups) | pretraining epochs | pretraining iterations | pairs | "
+             "difference | 95 % CI (bootstrap) | 95 % CI (t) | 95 % CI (t over sets) | arm better | "
+             "pooled 2D difference |", "|---" * 12 + "|"]
+    for r in budget:
+        its = "" if r["pretrain_iterations"] is None else str(r["pretrain_iterations"])
+        lines.append(f"| {r['method']} | {r['finetune']} | {r['label_count']} | {r['pretrain_epochs']} | {its} | "
+                     f"{r['n_pairs']} | {_fmt(r['diff_mean'], '+.4f')} | [{_fmt(r['ci_low'], '+.4f')}, "
+                     f"{_fmt(r['ci_high'], '+.4f')}] | [{_fmt(r['t_low'], '+.4f')}, {_fmt(r['t_high'], '+.4f')}] | "
+                     f"[{_fmt(r['set_t_low'], '+.4f')}, {_fmt(r['set_t_high'], '+.4f')}] | "
+                     f"{r['n_better']}/{r['n_pairs']} | {_fmt(r.get('pooled_diff_mean'), '+.4f')} |")
+    (out / "budget.md").write_text(
+        "\n".join(lines) + "\n\nPaired gain in test Dice (per-volume 3D, foreground mean) of fine-tuning from the "
+        "encoder kept after each number of pretraining epochs, minus random init on the same (labelled set, seed) "
+        "pairs. The snapshots come from one pretraining run per method (the schedule of its longest budget), so the "
+        "smaller budgets are points along that run, not runs of their own. budget.png: the mean difference with the "
+        "widest of the three intervals.\n")
+    counts = sorted({r["label_count"] for r in budget})
+    use_its = all(r["pretrain_iterations"] for r in budget)
+    fig, axes = plt.subplots(1, len(counts), figsize=(4.6 * len(counts), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], counts):
+        lines_of = sorted({(r["method"], r["finetune"]) for r in budget if r["label_count"] == k})
+        for i, (method, ft) in enumerate(lines_of):
+            sub = [r for r in budget if r["label_count"] == k and r["method"] == method and r["finetune"] == ft]
+            # the lines side by side around each budget, so that overlapping intervals stay visible
+            xs = [(r["pretrain_iterations"] if use_its else r["pretrain_epochs"])
+                  * 2 ** (0.03 * (i - (len(lines_of) - 1) / 2)) for r in sub]
+            ys = [r["diff_mean"] for r in sub]
+            bounds = [widest_interval(r) for r in sub]
+            yerr = [[y - lo for y, (lo, _) in zip(ys, bounds)], [hi - y for y, (_, hi) in zip(ys, bounds)]]
+            ax.errorbar(xs, ys, yerr=yerr, fmt="o-" if ft == "full" else "s--", color=f"C{i}", capsize=3,
+                        label=f"{method}, {ft}")
+        ax.axhline(0.0, color="0.5", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("pretraining iterations" if use_its else "pretraining epochs")
+        ax.set_ylabel("test Dice minus random init")
+        ax.set_title(f"{k} labelled group(s)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "budget.png", dpi=120)
+    plt.close(fig)
 
 
 def plot_curve(rows: list[dict], protocol: dict, path: Path, metric: str = "dice_mean_fg", n_boot: int = 2000) -> None:
@@ -821,18 +1021,23 @@ def compare(baseline_dir: str, other_dir: str, baseline_name: str = "baseline", 
         per_pair = ", ".join(f"{a[q]['dice_mean_fg']:.3f}/{b[q]['dice_mean_fg']:.3f}" for q in keys)
         speed = [(a[q].get("its_per_s"), b[q].get("its_per_s")) for q in keys]
         ratio = [y / x for x, y in speed if x and y]
+        pooled = [(a[q].get(POOLED_COLUMN), b[q].get(POOLED_COLUMN)) for q in keys]
+        pooled = [(x, y) for x, y in pooled if x is not None and y is not None]
         out.append({"finetune": group[0], "label_count": group[1], "arm": group[2], "pairs": per_pair,
+                    "pooled_baseline": statistics.fmean(x for x, _ in pooled) if pooled else None,
+                    "pooled_other": statistics.fmean(y for _, y in pooled) if pooled else None,
                     "train_s_baseline": sum(a[q]["train_s"] for q in keys),
                     "train_s_other": sum(b[q]["train_s"] for q in keys),
                     "its_ratio": statistics.fmean(ratio) if ratio else None, **stats})
     lines = [f"| mode | count | arm | test Dice per pair ({baseline_name}/{other_name}) | {baseline_name} | "
              f"{other_name} | {other_name} - {baseline_name} | 95 % CI (bootstrap) | 95 % CI (paired t) | "
-             f"training s ({baseline_name} / {other_name}) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"training s ({baseline_name} / {other_name}) | pooled 2D Dice ({baseline_name} / {other_name}) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out:
         lines.append(f"| {r['finetune']} | {r['label_count']} | {r['arm']} | {r['pairs']} | {r['baseline_mean']:.4f} | "
                      f"{r['arm_mean']:.4f} | {r['diff_mean']:+.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | "
                      f"[{r['t_low']:+.4f}, {r['t_high']:+.4f}] | {r['train_s_baseline']:.0f} / "
-                     f"{r['train_s_other']:.0f} |")
+                     f"{r['train_s_other']:.0f} | {_fmt(r['pooled_baseline'])} / {_fmt(r['pooled_other'])} |")
     text = "\n".join(lines)
     print(text)
     if output:

@@ -5,10 +5,12 @@ Usage (from the repository root)::
     python tools/probe_embeddings.py --bundle bundles/sal_mri_segmentation --datalist runs/hippocampus/datalist.json \\
         --role test --output_dir runs/probe/sal --run_dir runs/hippo_cmp/sal/pretrain --overlay cpu_small.json
 
-Loads the encoder of ``RUN/models/pretrain.pt`` into the bundle's network (``features`` and ``in_channels`` from its
-``configs/pretrain.json`` and the overlays; without ``--run_dir``: the same encoder at random initialisation, seeded
-by ``--seed``), embeds every slice of the role's volumes (preprocessed as in pretraining, centre-cropped to the
-pretraining patch or ``--patch_size``) as the globally average-pooled bottleneck features (``--level``), and prints
+Loads the encoder of ``RUN/models/pretrain.pt`` into the bundle's network, built with the values the run recorded
+(``RUN/models/pretraining_record.json``: ``features``, ``in_channels``, ``patch_size``, the preprocessing; no overlay
+needs repeating, and an ``--overlay`` or ``--overrides`` value that differs from the record is an error naming
+both); without ``--run_dir``: the same encoder at random initialisation, seeded by ``--seed``, from
+``configs/pretrain.json`` and the overlays. Embeds every slice of the role's volumes (preprocessed as in pretraining,
+centre-cropped to the pretraining patch or ``--patch_size``) as the globally average-pooled bottleneck features (``--level``), and prints
 ONE JSON line with ``position_r2``, ``nn_position_error``, ``cosine_mean`` and ``channel_std`` (definitions in
 :mod:`volssl.metrics.embeddings`) plus the counts. Writes ``OUT/embeddings.json`` (the same line) and
 ``OUT/embeddings.png`` (PCA of the L2-normalised embeddings, coloured by slice position, one line per volume).
@@ -30,8 +32,15 @@ from volssl.io import VolsslInputError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config(bundle: Path, overlay, overrides: dict):
+PRETRAINING_RECORD = "pretraining_record.json"
+
+
+def _config(bundle: Path, overlay, overrides: dict, run_dir: str | None = None):
+    """``pretrain.json`` + the overlays + the overrides, then (with ``run_dir``) the values the run recorded for
+    the network and its input (those ``inference.json`` also has, and the pretraining ``patch_size``)."""
     from monai.bundle import ConfigParser
+
+    from volssl.bundle import apply_recorded_values
 
     configs = bundle / "configs"
     files = [configs / "pretrain.json"]
@@ -45,6 +54,20 @@ def _config(bundle: Path, overlay, overrides: dict):
     parser.read_config([str(f) for f in files])
     for key, value in overrides.items():
         parser[key] = value
+    if run_dir is not None:
+        record = Path(run_dir) / "models" / PRETRAINING_RECORD
+        if not record.is_file():
+            print(f"warning: {record}: not found (a run of an older version); the network is built from "
+                  "pretrain.json and the overlays given, which must be those of the run", file=sys.stderr)
+            return parser
+        given = {k: (v, f"--overrides {k}") for k, v in overrides.items()}
+        for overlay_file in files[1:]:
+            for key, value in ConfigParser.load_config_file(str(overlay_file)).items():
+                given.setdefault(key, (value, f"--overlay {overlay_file.name}"))
+        # the network and its input: what inference.json rebuilds, plus the pretraining patch the probe crops to
+        network_keys = [*ConfigParser.load_config_file(str(configs / "inference.json")), "patch_size"]
+        applied = apply_recorded_values(parser, record, given, keys=network_keys)
+        print(f"network values from {record}: {applied}", file=sys.stderr)
     return parser
 
 
@@ -73,7 +96,8 @@ def main(
         role: the datalist role whose volumes are probed (at least two volumes).
         run_dir: a pretraining bundle root holding ``models/pretrain.pt``; ``None``: random initialisation.
         overlay: config file name(s) in the bundle's ``configs/`` merged after ``pretrain.json`` (e.g.
-            ``cpu_small.json``; several joined by commas): use the overlay the run was pretrained with.
+            ``cpu_small.json``; several joined by commas) for the random initialisation; with ``--run_dir`` the run's
+            record gives the network values (an overlay value that differs from the record is an error).
         overrides: config values, e.g. ``"{'features': 16}"``.
         patch_size: centre crop of every slice (default: the config's ``patch_size``); ``"none"``: whole slices
             (they must all have the same size, divisible by 16).
@@ -105,7 +129,7 @@ def main(
     bundle_path = Path(bundle)
     if not bundle_path.is_absolute() and not bundle_path.is_dir():
         bundle_path = REPO_ROOT / bundle
-    parser = _config(bundle_path, overlay, overrides)
+    parser = _config(bundle_path, overlay, overrides, run_dir)
     features, in_channels = int(parser["features"]), int(parser["in_channels"])
     crop = parser["patch_size"] if patch_size is None else patch_size
     if isinstance(crop, str):

@@ -82,11 +82,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONSOLE_LOGGERS = (" - volssl.progress - ", " - volssl.outputs - ", " - volssl.inputs - WARNING", " - volssl.inputs - ERROR")
 
 
+def pasteable_python() -> str:
+    """This interpreter as a user can paste it: relative to the working folder when inside it (``.venv/bin/python``),
+    else absolute. A bare ``python`` would be whatever the user's shell finds, often one without MONAI."""
+    exe = Path(sys.executable)
+    try:
+        return exe.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(exe)
+
+
 def bundle_run(configs: list[Path], bundle_root: Path, dataset_dir: Path, log: Path, **overrides) -> None:
     """``python -m monai.bundle run`` with the bundle's logging config; the full log goes to ``log``, the progress
     lines to the console as well."""
     args = bundle_command(configs, bundle_root, dataset_dir, overrides)
-    print("      $ " + shlex.join(["python", *args]), flush=True)  # quoted: copy and paste it to rerun the step
+    print("      $ " + shlex.join([pasteable_python(), *args]), flush=True)  # quoted: paste it to rerun the step
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log, "w") as f, subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -230,6 +240,15 @@ def main(
         print(f"  model:       {out / 'bundle' / 'models' / 'model.pt'}")
         print(f"  curves:      {out / 'bundle' / 'logs'} (train/train_curve.png, pretrain/pretrain_curve.png, TensorBoard)")
         print(f"  bundle: {zip_path}")
+        print(f"  verify:      {shlex.join([pasteable_python(), _shown(REPO_ROOT / 'tools' / 'export_bundle.py'), 'verify', _shown(zip_path)])}")
+
+
+def _shown(path) -> str:
+    """``path`` relative to the working folder when inside it (what a user types), else absolute."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

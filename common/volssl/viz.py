@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_embeddings", "plot_learning_curves", "plot_overlay"]
+__all__ = ["learning_curves_figure", "plot_embeddings", "plot_learning_curves", "plot_overlay"]
 
 
 def _pyplot():
@@ -19,38 +19,92 @@ def _pyplot():
     return plt
 
 
+# training outputs that are not losses (CRLN's rectification scale ``a`` and its unsupervised-weight ramp): drawn on
+# a panel of their own, so that the loss axis holds losses only
+SCALAR_KEYS = ("a", "unsup_weight", "ema_decay", "lr", "learning_rate")
+# the validation metric that selects the checkpoint when a run records it (the bundles' key metric)
+KEY_METRIC = "val_mean_dice"
+# embedding-probe diagnostics (volssl.metrics.embeddings): which direction is better, for the legend
+PROBE_BETTER = {
+    "position_r2": "higher is better, 1 = position encoded",
+    "nn_position_error": "lower is better",
+    "cosine_mean": "lower is better, 1 = collapse",
+    "channel_std": "higher is better, 0 = collapse",
+}
+
+
+def _series(rows: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
+    """The epochs that have a value for ``key`` and those values (a probe runs every few epochs, validation too)."""
+    points = [(r["epoch"], r[key]) for r in rows if key in r and r[key] == r[key]]
+    return ([p[0] for p in points], [p[1] for p in points]) if points else ([], [])
+
+
+def _distinct(rows: Sequence[dict], keys: Sequence[str], prefix: str) -> list[tuple[str, list[str]]]:
+    """``keys`` grouped by identical series: ``(key drawn, labels of every key it stands for)``; two equal series
+    (CRLN's ``val_mean_dice`` is ``val_mean_dice_teacher``) are one line with one legend entry naming both."""
+    groups: list[tuple[str, list[str]]] = []
+    for key in keys:
+        series = _series(rows, key)
+        if not series[0]:
+            continue  # no value at all: no line, hence no legend entry
+        same = next((g for g in groups if _series(rows, g[0]) == series), None)
+        if same is None:
+            groups.append((key, [key[len(prefix):]]))
+        else:
+            same[1].append(key[len(prefix):])
+    return groups
+
+
+def learning_curves_figure(rows: Sequence[dict]):
+    """The matplotlib figure :func:`plot_learning_curves` writes, for rows of per-epoch scalars (dicts with an
+    ``epoch`` key): one panel each for the training losses, the other training scalars (``a``, ``unsup_weight``),
+    the validation metrics (the best epoch of :data:`KEY_METRIC`, or of the first metric, marked) and the
+    embedding-probe diagnostics (``probe_*``, each labelled with its better direction); integer epoch ticks."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    keys = sorted({k for r in rows for k in r})
+    train = [k for k in keys if k.startswith("train_") and k[len("train_"):] not in SCALAR_KEYS]
+    scalars = [k for k in keys if k.startswith("train_") and k[len("train_"):] in SCALAR_KEYS]
+    val = [k for k in keys if k.startswith("val_")]
+    probe = [k for k in keys if k.startswith("probe_")]
+    panels = [(kind, group) for kind, group in (("train", train), ("scalars", scalars), ("val", val),
+                                                ("probe", probe)) if group or kind == "train"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (kind, group) in zip(axes[0], panels):
+        prefix = {"train": "train_", "scalars": "train_", "val": "val_", "probe": "probe_"}[kind]
+        for key, names in _distinct(rows, group, prefix):
+            label = " = ".join(names)
+            if kind == "probe":
+                label += f" ({PROBE_BETTER.get(names[0], 'see volssl.metrics.embeddings')})"
+            ax.plot(*_series(rows, key), marker="o" if kind == "val" else ".", markersize=3, label=label)
+        if kind == "val":
+            best_key = KEY_METRIC if KEY_METRIC in group else group[0]
+            epochs, values = _series(rows, best_key)
+            if epochs:
+                best = int(np.argmax(values))
+                ax.axvline(epochs[best], color="0.4", linestyle="--", linewidth=1,
+                           label=f"best epoch {int(epochs[best])} ({best_key[len('val_'):]} {values[best]:.3f})")
+        ylabel, title = {
+            "train": ("loss (dimensionless, lower is better)", "training losses (mean per epoch)"),
+            "scalars": ("value (dimensionless)", "training schedule scalars"),
+            "val": ("Dice (0-1, higher is better)" if any("dice" in k for k in group) else "metric",
+                    "validation"),
+            "probe": ("diagnostic value (dimensionless)", "embedding probe"),
+        }[kind]
+        ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_lines():  # a row written before the first epoch (a probe at epoch 0) has no loss yet
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def plot_learning_curves(rows: Sequence[dict], path) -> Path:
-    """Plot every column of ``rows`` (dicts with an ``epoch`` key) against the epoch: losses on the left, validation
-    metrics next, embedding-probe diagnostics (``probe_*`` columns, :class:`volssl.engines.EmbeddingProbe`) last.
-    Returns the PNG path."""
+    """Write :func:`learning_curves_figure` of ``rows`` as a PNG; returns its path."""
     plt = _pyplot()
     path = Path(path)
-    epochs = [r["epoch"] for r in rows]
-    train = sorted({k for r in rows for k in r if k.startswith("train_")})
-    val = sorted({k for r in rows for k in r if k.startswith("val_")})
-    probe = sorted({k for r in rows for k in r if k.startswith("probe_")})
-    panels = 1 + bool(val) + bool(probe)
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
-    for key in train:
-        axes[0, 0].plot(epochs, [r.get(key, np.nan) for r in rows], label=key[len("train_") :])
-    axes[0, 0].set(xlabel="epoch", ylabel="training loss", title="training")
-    if train:  # a row written before the first epoch (e.g. a probe at epoch 0) has no loss yet
-        axes[0, 0].legend(fontsize=8)
-    if val:
-        for key in val:
-            axes[0, 1].plot(epochs, [r.get(key, np.nan) for r in rows], marker="o", label=key[len("val_") :])
-        axes[0, 1].set(xlabel="epoch", ylabel="metric", title="validation")
-        axes[0, 1].legend(fontsize=8)
-    if probe:
-        ax = axes[0, -1]
-        for key in probe:
-            # the probe runs every few epochs: plot only the epochs that have a value
-            points = [(r["epoch"], r[key]) for r in rows if key in r and r[key] == r[key]]
-            if points:
-                ax.plot(*zip(*points), marker=".", label=key[len("probe_") :])
-        ax.set(xlabel="epoch", ylabel="value", title="embedding probe")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig = learning_curves_figure(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

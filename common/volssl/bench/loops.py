@@ -31,16 +31,16 @@ import torch
 
 __all__ = ["LOOPS", "VARIANTS", "SCALES", "loop_configs", "measure_loop"]
 
+#: The training loops: CORAL pretraining (two views), SAL pretraining (slice pairs), slice fine-tuning, CRLN.
 LOOPS = ("coral_pretrain", "sal_pretrain", "finetune", "crln")
-"""The training loops: CORAL pretraining (two views), SAL pretraining (slice pairs), slice fine-tuning, CRLN."""
 
+#: ``old``: per-sample MONAI transforms in a DataLoader, fp32; ``new``: the batched on-device path with mixed precision
+#: and channels_last (the bundles' defaults); ``new_fp32``: the new data path alone.
 VARIANTS = {
     "old": {"data_path": "loader", "mixed_precision": False, "channels_last": False},
     "new_fp32": {"data_path": "device", "mixed_precision": False, "channels_last": False},
     "new": {"data_path": "device", "mixed_precision": True, "channels_last": True},
 }
-"""``old``: per-sample MONAI transforms in a DataLoader, fp32; ``new``: the batched on-device path with mixed precision
-and channels_last (the bundles' defaults); ``new_fp32``: the new data path alone."""
 
 # the CPU recipe of each loop (the bundles' cpu_small.json overlays; CRLN at the main job's phantom settings) and
 # the papers' sizes, for a GPU
@@ -125,7 +125,7 @@ def measure_loop(loop: str, variant: str, datalist: str, bundles_dir: str, scale
             parser["train#trainer#train_handlers"] = []
         else:
             parser["pretrain#handlers"] = []
-        parser.get_parsed_content("initialize")
+        parser.get_parsed_content("setup")
         trainer = parser.get_parsed_content(f"{section}#trainer")
         loader = trainer.data_loader
         device = torch.device(trainer.state.device)
@@ -151,6 +151,7 @@ def measure_loop(loop: str, variant: str, datalist: str, bundles_dir: str, scale
             if crln_step.mode != "supervised":
                 unlabeled = _on_device(next(iter(parser.get_parsed_content("unlabeled#dataloader"))), device)
                 crln_step._unlabeled_iter = itertools.repeat(unlabeled)
+
         def network_step() -> None:
             # the iteration as Ignite runs it (the batch in the state, then the iteration's handlers: the train
             # metric), without fetching a batch

@@ -8,18 +8,26 @@ readable last line for input errors, and the training record that makes a run's 
   written atomically as NIfTI or DICOM SEG, paths logged.
 - :func:`write_training_record` / :func:`read_training_record`: ``models/training_record.json``, the values the
   weights were trained with (network, preprocessing), the label names and the training data's statistics, read by
-  ``tools/export_bundle.py`` to fold them into the exported configs.
+  ``tools/export_bundle.py`` to fold them into the exported configs; :func:`apply_recorded_values`: the tools that
+  take a run folder build its network from that record, not from repeated overlays.
 """
 
 from .errors import install_error_hook, require_file
 from .inputs import InferenceInputs, check_image, check_input, distribution_warnings
 from .outputs import SaveSegmentationd, label_names
-from .record import RECORD_NAME, read_training_record, training_data_stats, write_training_record
+from .record import (
+    RECORD_NAME,
+    apply_recorded_values,
+    read_training_record,
+    training_data_stats,
+    write_training_record,
+)
 
 __all__ = [
     "RECORD_NAME",
     "InferenceInputs",
     "SaveSegmentationd",
+    "apply_recorded_values",
     "check_image",
     "check_input",
     "distribution_warnings",

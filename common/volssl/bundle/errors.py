@@ -55,8 +55,8 @@ def install_error_hook() -> None:
     """Make an uncaught :class:`VolsslInputError` (however deeply MONAI wrapped it) end the output with its one-line
     message, the traceback shown only when ``VOLSSL_TRACEBACK=1``; other errors keep Python's usual report.
 
-    Called from the bundles' ``initialize`` step, i.e. only for command-line runs; servers and notebooks are left as
-    they are. Idempotent.
+    Called from the bundles' ``setup`` steps (the first step of ``run``), i.e. only for command-line runs; servers
+    and notebooks are left as they are. Idempotent.
     """
     if not getattr(sys.excepthook, "volssl_hook", False):
         sys.excepthook = _hook(sys.excepthook)

@@ -54,8 +54,9 @@ def segment_naming(bundle_root) -> tuple[dict[int, str], str, str]:
         if content.get("labels"):
             names = {int(k): str(v) for k, v in content["labels"].items()}
             return names, root.name, str(content.get("volssl_version", "0"))
-    raise VolsslInputError(root, f"the class names of a DICOM SEG come from {metadata} or the 'labels' of {record}, "
-                                 "and neither is there")
+    raise VolsslInputError(
+        root, f"the class names of a DICOM SEG come from {metadata} or the 'labels' of {record}, and neither is there"
+    )
 
 
 class SaveSegmentationd(SaveImaged):

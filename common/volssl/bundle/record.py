@@ -30,7 +30,8 @@ import numpy as np
 
 from ..io import VolsslInputError, load_nifti, spacing_from_affine
 
-__all__ = ["RECORD_NAME", "read_training_record", "training_data_stats", "write_training_record"]
+__all__ = ["RECORD_NAME", "apply_recorded_values", "read_training_record", "training_data_stats",
+           "write_training_record"]
 
 RECORD_NAME = "training_record.json"
 MAX_STAT_IMAGES = 16  # statistics from at most this many training images: enough for ranges, bounded cost
@@ -162,3 +163,31 @@ def read_training_record(path) -> dict:
     if not isinstance(record, Mapping) or not isinstance(record.get("values"), Mapping):
         raise VolsslInputError(path, "not a training record (no 'values' object)")
     return dict(record)
+
+
+def apply_recorded_values(parser, record_path, given: Mapping[str, tuple] | None = None,
+                          keys: Sequence[str] | None = None) -> dict:
+    """Set the values a run recorded in ``record_path`` on ``parser`` (a MONAI ``ConfigParser``), so that a tool
+    rebuilds the run's network without the overlays and overrides being repeated; returns the values set.
+
+    Args:
+        parser: the config the tool builds the network from.
+        record_path: the run's ``models/training_record.json`` or ``models/pretraining_record.json``.
+        given: what the user passed explicitly, ``{key: (value, "where from")}`` (e.g. ``(16, "cpu_small.json")``).
+        keys: the recorded keys that define the network and its input (default: all recorded keys); only these are
+            set and checked, the others (epochs, learning rates) do not change the weights' network.
+
+    Raises:
+        VolsslInputError: naming the record, when a value in ``given`` differs from the recorded one (both shown).
+    """
+    values = read_training_record(record_path)["values"]
+    wanted = [k for k in (values if keys is None else keys) if k in values]
+    for key in wanted:
+        if given and key in given and _plain(given[key][0]) != values[key]:
+            value, origin = given[key]
+            raise VolsslInputError(record_path, f"the run recorded {key}={values[key]!r}, but {origin} sets "
+                                   f"{key}={_plain(value)!r}; leave it out (the record is read) or probe another run")
+    applied = {key: values[key] for key in wanted if key in parser}
+    for key, value in applied.items():
+        parser[key] = value
+    return applied

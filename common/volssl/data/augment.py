@@ -61,8 +61,8 @@ __all__ = [
 ]
 
 
+#: Patch side (ACDC, pixels) for which the default elastic spacing (30 px) and magnitude (1..3.5 px) are given.
 ELASTIC_REFERENCE_PATCH = 352
-"""Patch side (ACDC, pixels) for which the default elastic spacing (30 px) and magnitude (1..3.5 px) are given."""
 _REFERENCE_SPACING = 30.0
 _REFERENCE_MAGNITUDE = (1.0, 3.5)
 

@@ -25,7 +25,6 @@ from math import pi
 
 import torch
 import torch.nn.functional as F
-from monai.transforms import CenterSpatialCrop
 from monai.transforms.utils import create_control_grid
 
 from .augment import _pair, _rotate_range, _scale_range, elastic_parameters
@@ -312,7 +311,7 @@ class BatchSliceAugmentation:
         params = self.sample(size, generator) if params is None else params
         labels = [False] * len(buffers) if labels is None else list(labels)
         crops = []
-        for buffer, is_label in zip(buffers, labels):
+        for buffer in buffers:
             x = self.crop(buffer, offset, size, params)
             x = x.to(device, non_blocking=True) if device is not None else x
             crops.append(x.float())

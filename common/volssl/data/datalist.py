@@ -182,13 +182,16 @@ def resolve_role(datalist: Mapping, role: str, dataset_dir=None, check_exists: b
                 p = p if p.is_absolute() else base / p
                 # an image may be a DICOM series folder (inference inputs); a label is always a file
                 if check_exists and not (p.is_file() or (key == IMAGE_KEY and p.is_dir())):
-                    raise VolsslInputError(p, f"file not found (listed as '{key}' in '{role}' of {datalist.get('_path', 'the datalist')})")
+                    where = datalist.get("_path", "the datalist")
+                    raise VolsslInputError(p, f"file not found (listed as '{key}' in '{role}' of {where})")
                 item[key] = str(p.resolve()) if p.exists() else str(p)
         out.append(item)
     return out
 
 
-def check_case_files(image_path, label_path=None, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def check_case_files(
+    image_path, label_path=None, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Load one case and check it: readable files, finite image values, the same grid for image and label, integer
     label values in ``0..num_classes-1``. Returns ``(image, label, affine)``.
 
@@ -290,5 +293,5 @@ def inference_inputs(source, role: str = "test") -> list[dict]:
         return entries
     if path.is_file():
         return [{IMAGE_KEY: str(path.absolute())}]
-    raise VolsslInputError(path, "input not found (expected a datalist .json, a folder of NIfTI files or DICOM series, "
-                                 "or a NIfTI file)")
+    expected = "a datalist .json, a folder of NIfTI files or DICOM series, or a NIfTI file"
+    raise VolsslInputError(path, f"input not found (expected {expected})")

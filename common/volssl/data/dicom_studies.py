@@ -137,8 +137,9 @@ def dicom_to_datalist(studies_dir, output_dir, n_labeled: int | None = None, n_v
                                         f"{warnings[0][0]}: {warnings[0][1]})")
     n_train = len(labelled) - n_val - n_test if n_labeled is None else n_labeled
     if n_train < 0:
-        raise VolsslInputError(studies, f"{len(labelled)} labelled series, fewer than validation {n_val} + test "
-                                        f"{n_test}")
+        raise VolsslInputError(
+            studies, f"{len(labelled)} labelled series, fewer than validation {n_val} + test {n_test}"
+        )
     try:
         split = make_split(labelled, n_train, n_val, n_test, seed)
     except VolsslInputError as err:
@@ -164,4 +165,3 @@ def dicom_to_datalist(studies_dir, output_dir, n_labeled: int | None = None, n_v
     save_datalist(datalist, out / DATALIST_NAME)
     check_datalist(out / DATALIST_NAME, progress=False)
     return datalist, warnings
-

@@ -44,8 +44,8 @@ from .slices import CASE_KEY, POSITION_KEY, SLICE_INDEX_KEY, SliceDataset
 
 __all__ = ["PAIR_SUFFIX", "SlicePairDataset", "max_slice_offset", "partner_candidates", "sparse_volume_message"]
 
+#: Appended to the keys of the partner slice: ``image_2``, ``position_2``, ``slice_index_2``.
 PAIR_SUFFIX = "_2"
-"""Appended to the keys of the partner slice: ``image_2``, ``position_2``, ``slice_index_2``."""
 
 # Positions are k/S: compare slice offsets |i - j| <= t*S with a tolerance instead of float position differences,
 # which put e.g. |0.4 - 0.3| just above t = 0.1.

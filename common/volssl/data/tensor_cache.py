@@ -59,7 +59,7 @@ class _NamedErrors:
             if isinstance(cause, VolsslInputError):
                 raise cause from None
             where = next((str(entry[k]) for k in self.keys if isinstance(entry.get(k), (str, os.PathLike))), "entry")
-            raise VolsslInputError(where, f"cannot load or preprocess the volume: {type(cause).__name__}: {cause}")
+            raise VolsslInputError(where, f"cannot load or preprocess the volume: {type(cause).__name__}: {cause}") from err
 
 
 def _unwrap_input_error(err: BaseException) -> BaseException:

@@ -1,11 +1,19 @@
 """Ignite engine pieces: iteration steps for self-supervised pretraining and handlers shared by the bundles."""
 
-from .handlers import BestModelSaver, EpochProgress, LearningCurveWriter, ResumeFromLatest, latest_checkpoint
+from .handlers import (
+    BestModelSaver,
+    EpochProgress,
+    EpochSnapshotSaver,
+    LearningCurveWriter,
+    ResumeFromLatest,
+    latest_checkpoint,
+)
 from .pretrain import TwoViewContrastiveStep
 
 __all__ = [
     "BestModelSaver",
     "EpochProgress",
+    "EpochSnapshotSaver",
     "LearningCurveWriter",
     "ResumeFromLatest",
     "TwoViewContrastiveStep",

@@ -22,6 +22,12 @@ class EarlyStopOnPlateau:
     validations, not epochs. NaN never counts as an improvement. ``patience=None`` (the bundles' default) turns the
     handler off: training runs its ``max_epochs``.
 
+    ``min_epochs``: validations at trainer epochs up to and including ``min_epochs`` still set the best value, but a
+    validation without improvement there does not count towards the patience, so the earliest stop is at epoch
+    ``min_epochs + patience`` (with one validation per epoch). A run whose validation Dice is still flat at zero in
+    its first epochs (a network that has not started to learn) is not stopped for it; one stopped at epoch 6 in the
+    LA-half protocol is why this exists.
+
     The best value, the counter and whether the run has stopped are state (``state_dict``/``load_state_dict``): put
     this object in the resume checkpoint. A run that stopped early and is started again (e.g. the same bundle command
     rerun) loads ``stopped=True`` from its last checkpoint and ends at once instead of training on; the
@@ -33,6 +39,7 @@ class EarlyStopOnPlateau:
         patience: validations without improvement before stopping (>= 1), or ``None`` to never stop early.
         min_delta: the smallest change that counts as an improvement (>= 0).
         mode: ``"max"`` or ``"min"``.
+        min_epochs: trainer epochs during which the patience does not count (>= 0; ``None`` means 0).
     """
 
     def __init__(
@@ -42,11 +49,15 @@ class EarlyStopOnPlateau:
         patience: int | None = None,
         min_delta: float = 0.0,
         mode: str = "max",
+        min_epochs: int | None = 0,
     ) -> None:
         if patience is not None and int(patience) < 1:
             raise ValueError(f"patience must be a positive number of validations or None (off), got {patience}")
         if min_delta < 0:
             raise ValueError(f"min_delta must be >= 0, got {min_delta}")
+        min_epochs = 0 if min_epochs is None else int(min_epochs)
+        if min_epochs < 0:
+            raise ValueError(f"min_epochs must be >= 0, got {min_epochs}")
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.evaluator = evaluator
@@ -54,6 +65,7 @@ class EarlyStopOnPlateau:
         self.patience = None if patience is None else int(patience)
         self.min_delta = float(min_delta)
         self.mode = mode
+        self.min_epochs = min_epochs
         self.best_metric = -float("inf") if mode == "max" else float("inf")
         self.counter = 0
         self.stopped_epoch = -1
@@ -78,12 +90,14 @@ class EarlyStopOnPlateau:
         if self.patience is None or self.evaluator.state.epoch != engine.state.epoch:
             return  # off, or no validation at this epoch
         if self.metric_name not in self.evaluator.state.metrics:
-            raise KeyError(f"metric {self.metric_name!r} not computed by the evaluator: "
-                           f"{sorted(self.evaluator.state.metrics)}")
+            computed = sorted(self.evaluator.state.metrics)
+            raise KeyError(f"metric {self.metric_name!r} not computed by the evaluator: {computed}")
         value = float(self.evaluator.state.metrics[self.metric_name])
         if not math.isnan(value) and self._improved(value):
             self.best_metric, self.counter = value, 0
             return
+        if engine.state.epoch <= self.min_epochs:
+            return  # too early for the patience to count
         self.counter += 1
         if self.counter >= self.patience:
             self.stopped_epoch = int(engine.state.epoch)

@@ -15,7 +15,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
-__all__ = ["BestModelSaver", "EpochProgress", "LearningCurveWriter", "ResumeFromLatest", "latest_checkpoint"]
+__all__ = ["BestModelSaver", "EpochProgress", "EpochSnapshotSaver", "LearningCurveWriter", "ResumeFromLatest",
+           "latest_checkpoint"]
 
 _EPOCH_RE = re.compile(r"epoch=(\d+)")
 
@@ -30,7 +31,6 @@ def latest_checkpoint(ckpt_dir, pattern: str = "checkpoint_epoch=*.pt") -> Path 
     return max(found)[1] if found else None
 
 
-
 def _add_scalars(sums: dict, out: Mapping) -> None:
     """Add the scalar entries of an iteration's output to ``sums``: numbers as floats, one-element tensors as
     detached tensors on their device (read once per epoch, so that a GPU is not synchronised every iteration)."""
@@ -40,6 +40,7 @@ def _add_scalars(sums: dict, out: Mapping) -> None:
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         sums[key] = sums.get(key, 0.0) + value
+
 
 class ResumeFromLatest:
     """Resume a run from the latest interval checkpoint in ``ckpt_dir`` (if any), with MONAI's ``CheckpointLoader``.
@@ -128,8 +129,8 @@ class ResumeFromLatest:
                 self._set_aside(f"{path.name} is from a finished run (epoch {done} of {planned}): a new run starts")
                 path = None
             elif done >= int(engine.state.max_epochs):
-                self._set_aside(f"{path.name} has {done} epochs, this run asks for {engine.state.max_epochs}: "
-                                "a new run starts")
+                asked = engine.state.max_epochs
+                self._set_aside(f"{path.name} has {done} epochs, this run asks for {asked}: a new run starts")
                 path = None
         if path is None:
             self.logger.info(f"no checkpoint to resume from in {self.ckpt_dir}: starting a new run")
@@ -161,15 +162,18 @@ class BestModelSaver:
         save_path: the output file, e.g. ``models/model.pt``.
         network: the network to save (a ``DistributedDataParallel`` wrapper is unwrapped).
         metric_name: the key in ``evaluator.state.metrics`` to track.
-        mode: ``"max"`` (Dice) or ``"min"`` (a distance).
+        mode: ``"max"`` (Dice) or ``"min"`` (a distance); or ``"last"``: save at every validation whatever the
+            value, so the file holds the model of the last validated epoch (the released CORAL/PCL fine-tuning
+            reports its last epoch: ``paper_finetune.json``; validate at the last epoch, e.g. ``val_interval``
+            dividing ``epochs``). The metric is still logged and tracked as the best seen.
         network_name: how the log names the saved network (e.g. ``"teacher"``); ``None``: not named.
     """
 
     def __init__(
         self, save_path, network: torch.nn.Module, metric_name: str, mode: str = "max", network_name: str | None = None
     ) -> None:
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if mode not in ("max", "min", "last"):
+            raise ValueError(f"mode must be 'max', 'min' or 'last', got {mode!r}")
         self.save_path = Path(save_path)
         self.network = network
         self.metric_name = metric_name
@@ -183,15 +187,17 @@ class BestModelSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _improved(self, value: float) -> bool:
-        return value > self.best_metric if self.mode == "max" else value < self.best_metric
+        return value < self.best_metric if self.mode == "min" else value > self.best_metric
 
     def __call__(self, engine: Engine) -> None:
         if self.metric_name not in engine.state.metrics:
             raise KeyError(f"metric {self.metric_name!r} not computed by the evaluator: {sorted(engine.state.metrics)}")
         value = float(engine.state.metrics[self.metric_name])
-        if value != value or not self._improved(value):  # NaN never counts as an improvement
+        improved = value == value and self._improved(value)  # NaN never counts as an improvement
+        if improved:
+            self.best_metric, self.best_epoch = value, int(engine.state.epoch)
+        if not improved and self.mode != "last":
             return
-        self.best_metric, self.best_epoch = value, int(engine.state.epoch)
         if _rank() > 0:
             return
         net = self.network.module if hasattr(self.network, "module") else self.network
@@ -200,7 +206,9 @@ class BestModelSaver:
         torch.save(net.state_dict(), tmp)
         os.replace(tmp, self.save_path)
         which = f"{self.network_name}, " if self.network_name else ""
-        self.logger.info(f"epoch {self.best_epoch}: {which}best {self.metric_name} {value:.4f}, saved {self.save_path}")
+        rule = "last" if self.mode == "last" else "best"
+        self.logger.info(f"epoch {int(engine.state.epoch)}: {which}{rule} {self.metric_name} {value:.4f}, "
+                         f"saved {self.save_path}")
 
     def state_dict(self) -> dict:
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}
@@ -208,6 +216,64 @@ class BestModelSaver:
     def load_state_dict(self, state: Mapping) -> None:
         self.best_metric = float(state["best_metric"])
         self.best_epoch = int(state["best_epoch"])
+
+
+class EpochSnapshotSaver:
+    """Keep the state of some objects at chosen epochs: ``<save_dir>/<prefix>_epoch<N>.pt`` after epoch ``N``.
+
+    For a pretraining budget curve: one pretraining run whose encoder is kept along the way (e.g. after epochs 50,
+    200 and 800 of an 800-epoch run), each snapshot in the layout of the final ``pretrain.pt`` (``{"network": ...,
+    "loss": ...}``), so fine-tuning loads any of them with ``pretrained_ckpt``. A snapshot is never overwritten by a
+    later epoch and is written atomically; a run resumed after epoch ``N`` keeps the snapshot it wrote (the resume
+    checkpoint continues from the epoch after it), and one interrupted before epoch ``N`` writes it when it gets
+    there. Note that a snapshot at epoch ``N`` of a longer run is not a run of ``N`` epochs: the cosine learning-rate
+    schedule spans the whole run, so at epoch ``N`` the rate has not decayed yet. Under ``torch.distributed`` only
+    rank 0 writes.
+
+    Args:
+        save_dir: the folder (the bundle's ``models/``).
+        save_dict: ``{name: object with state_dict()}``, e.g. the network and the loss (CORAL's learnable OAL
+            direction); a ``DistributedDataParallel`` wrapper is unwrapped.
+        epochs: the epochs (1-based, as the trainer counts) after which to write a snapshot; empty: none.
+        prefix: the file name stem.
+    """
+
+    def __init__(self, save_dir, save_dict: Mapping, epochs=(), prefix: str = "pretrain") -> None:
+        self.save_dir = Path(save_dir)
+        self.save_dict = dict(save_dict)
+        self.epochs = sorted({int(e) for e in (epochs or ())})
+        if any(e < 1 for e in self.epochs):
+            raise ValueError(f"snapshot epochs must be >= 1, got {self.epochs}")
+        self.prefix = prefix
+        self.logger = logging.getLogger("volssl.snapshots")
+
+    def path(self, epoch: int) -> Path:
+        return self.save_dir / f"{self.prefix}_epoch{int(epoch)}.pt"
+
+    def attach(self, engine: Engine) -> None:
+        if not self.epochs:
+            return
+        engine.add_event_handler(Events.STARTED, self._check)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _check(self, engine: Engine) -> None:
+        late = [e for e in self.epochs if e > engine.state.max_epochs]
+        if late:
+            raise ValueError(f"snapshot epoch(s) {late} beyond the run's {engine.state.max_epochs} epochs: raise the "
+                             "number of epochs or drop them")
+
+    def __call__(self, engine: Engine) -> None:
+        epoch = int(engine.state.epoch)
+        if epoch not in self.epochs or _rank() > 0:
+            return
+        target = self.path(epoch)
+        state = {name: (obj.module if hasattr(obj, "module") else obj).state_dict()
+                 for name, obj in self.save_dict.items()}
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".tmp_{target.name}")
+        torch.save(state, tmp)
+        os.replace(tmp, target)
+        self.logger.info(f"epoch {epoch}: snapshot saved {target}")
 
 
 class LearningCurveWriter:

@@ -28,8 +28,8 @@ from .steps import TrainingStep, plain_tensor
 
 __all__ = ["CRLN_MODES", "CRLNStep", "StudentForward", "ema_decay", "ema_update_", "make_teacher", "sigmoid_rampup"]
 
+#: Modes of :class:`CRLNStep`.
 CRLN_MODES = ("crln", "mean_teacher", "supervised")
-"""Modes of :class:`CRLNStep`."""
 
 
 def ema_decay(step: int, max_decay: float = 0.99) -> float:

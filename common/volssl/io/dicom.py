@@ -164,7 +164,10 @@ def read_instance(path) -> DicomInstance:
             "ReferencedSeriesSequence"])
     except Exception as err:  # pydicom raises several types for damaged files
         raise VolsslInputError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from err
-    get = lambda key: getattr(ds, key, None)
+
+    def get(key):
+        return getattr(ds, key, None)
+
     if not get("SOPInstanceUID") or not get("SeriesInstanceUID"):
         raise VolsslInputError(path, "DICOM file without SOPInstanceUID or SeriesInstanceUID")
     referenced = [str(item.SeriesInstanceUID) for item in (get("ReferencedSeriesSequence") or [])
@@ -362,8 +365,9 @@ def check_series(series: DicomSeries, folder=None) -> SeriesGeometry:
             raise VolsslInputError(folder, f"{inst.path.name} is {inst.rows} x {inst.columns} pixels, "
                                            f"{first.path.name} {first.rows} x {first.columns}")
         if not np.allclose(inst.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-5):
-            raise VolsslInputError(folder, f"{inst.path.name} has pixel spacing {inst.pixel_spacing}, "
-                                           f"{first.path.name} {first.pixel_spacing}")
+            raise VolsslInputError(
+                folder, f"{inst.path.name} has pixel spacing {inst.pixel_spacing}, {first.path.name} {first.pixel_spacing}"
+            )
     row_dir = np.asarray(first.orientation[:3])  # direction of increasing column index
     col_dir = np.asarray(first.orientation[3:])  # direction of increasing row index
     normal = np.cross(row_dir, col_dir)

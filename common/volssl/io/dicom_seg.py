@@ -51,8 +51,9 @@ def write_segmentation(label: np.ndarray, geometry: SeriesGeometry, names: Mappi
 
     label = np.asarray(label)
     if tuple(label.shape) != tuple(geometry.shape):
-        raise VolsslInputError(path, f"label map {tuple(label.shape)} is not on the source series' grid "
-                                     f"{tuple(geometry.shape)}")
+        raise VolsslInputError(
+            path, f"label map {tuple(label.shape)} is not on the source series' grid {tuple(geometry.shape)}"
+        )
     classes = {int(k): str(v) for k, v in names.items() if int(k) != 0}
     present = {int(v) for v in np.unique(label)} - {0}
     unnamed = sorted(present - set(classes))
@@ -153,4 +154,3 @@ def read_segmentation(seg_path, geometry: SeriesGeometry) -> tuple[np.ndarray, d
     for frame, uid in zip(pixels, known):
         label[:, :, slice_of[uid]] = np.asarray(frame).T
     return label, names
-

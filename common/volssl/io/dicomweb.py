@@ -67,14 +67,14 @@ def store_files(url: str, files: Iterable, batch: int = BATCH) -> int:
         status, answer = _request(endpoint, body, headers, method="POST")
         if status not in (200, 202):
             text = answer.decode(errors="replace")[:300]
-            raise VolsslInputError(chunk[0], f"STOW-RS to {endpoint} answered HTTP {status} for this batch of "
-                                             f"{len(chunk)} file(s): {text}")
+            batch = f"this batch of {len(chunk)} file(s)"
+            raise VolsslInputError(chunk[0], f"STOW-RS to {endpoint} answered HTTP {status} for {batch}: {text}")
         failed = json.loads(answer or b"{}").get(FAILED_SOP_SEQUENCE, {}).get("Value", [])
         if failed:
             uid = tag_value(failed[0], REFERENCED_SOP_INSTANCE, "?")
             reason = tag_value(failed[0], FAILURE_REASON, "?")
-            raise VolsslInputError(chunk[0].parent, f"the server refused {len(failed)} instance(s) of this batch, "
-                                                    f"e.g. {uid} (failure reason {reason})")
+            refused = f"the server refused {len(failed)} instance(s) of this batch"
+            raise VolsslInputError(chunk[0].parent, f"{refused}, e.g. {uid} (failure reason {reason})")
         stored += len(chunk)
     return stored
 

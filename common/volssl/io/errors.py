@@ -13,4 +13,7 @@ class VolsslInputError(ValueError):
     def __init__(self, path, problem: str):
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(self.path, problem)  # both arguments: pickle and copy rebuild the error from them
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"

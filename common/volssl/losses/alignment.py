@@ -26,8 +26,8 @@ __all__ = [
     "windows_to_batch",
 ]
 
+#: The forms of the global positional loss (see :class:`GlobalPositionalLoss`).
 POSITION_MODES = ("contrastive", "relative", "absolute")
-"""The forms of the global positional loss (see :class:`GlobalPositionalLoss`)."""
 
 # positions are k/S: a gap of exactly the threshold must count as within it despite float rounding
 _POSITION_TOLERANCE = 1e-6

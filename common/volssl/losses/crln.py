@@ -118,8 +118,8 @@ class CPSLoss(nn.Module):
     4. negatives: ``num_negatives`` per anchor; each one's class ``j != k`` (present) is drawn with probability
        ``softmax_j(cos(mu_k, mu_j) / class_temperature)``, then a voxel uniformly from the valid voxels of ``j``;
     5. per anchor ``a``, with ``s_p = cos(z_a, q_k) / tau`` and ``s_n = cos(z_a, z_n) / tau``:
-       ``l_a = -log( exp(s_p) / (exp(s_p) + sum_n exp(s_n)) )``; ``L_k`` = mean over the anchors, ``L`` = mean over the classes that have anchors and at least one other
-       present class.
+       ``l_a = -log( exp(s_p) / (exp(s_p) + sum_n exp(s_n)) )``; ``L_k`` = mean over the anchors, ``L`` = mean over
+       the classes that have anchors and at least one other present class.
 
     Range: with every similarity equal (uninformative embeddings) ``l_a = ln(1 + num_negatives)`` (ln 513 = 6.24);
     the floor is reached when each class collapses to one point, the anchors sit on their key and the class points

@@ -45,11 +45,11 @@ __all__ = [
     "split_volumes",
 ]
 
+#: The four diagnostics, in the order :func:`embedding_diagnostics` returns them.
 DIAGNOSTIC_KEYS = ("position_r2", "nn_position_error", "cosine_mean", "channel_std")
-"""The four diagnostics, in the order :func:`embedding_diagnostics` returns them."""
 
+#: Ridge penalties tried on standardised features; one is chosen by a grouped 2-fold split of the fitting volumes.
 DEFAULT_RIDGE_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
-"""Ridge penalties tried on standardised features; one is chosen by a grouped 2-fold split of the fitting volumes."""
 
 
 def _as_float64(x) -> torch.Tensor:

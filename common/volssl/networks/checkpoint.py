@@ -37,12 +37,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Keys tried in order when a checkpoint holds the model state inside a dict (MONAI ``CheckpointSaver`` saves
+#: ``{"network": ..., "optimizer": ...}``; PCL and CORAL save ``{"net": ...}``).
 DEFAULT_STATE_KEYS: tuple[str, ...] = ("network", "model", "state_dict", "net")
-"""Keys tried in order when a checkpoint holds the model state inside a dict (MONAI ``CheckpointSaver`` saves
-``{"network": ..., "optimizer": ...}``; PCL and CORAL save ``{"net": ...}``)."""
 
+#: What to do when the pretrained encoder a fine-tuning run asks for is missing.
 PRETRAIN_HINT = "run configs/pretrain.json first, or pass --load_pretrain False to fine-tune from random initialisation"
-"""What to do when the pretrained encoder a fine-tuning run asks for is missing."""
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
 

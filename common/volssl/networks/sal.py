@@ -36,13 +36,13 @@ __all__ = [
     "SalPretrainNet2d",
 ]
 
+#: Output key of the embedded feature map of the first slice, (B, embed_dim, h, w).
 EMBEDDING_KEY = "embedding"
-"""Output key of the embedded feature map of the first slice, (B, embed_dim, h, w)."""
+#: Output key of the embedded feature map of the second slice, (B, embed_dim, h, w).
 EMBEDDING_2_KEY = "embedding_2"
-"""Output key of the embedded feature map of the second slice, (B, embed_dim, h, w)."""
+#: Output key of the global positional output: (B, 2, D) projections for ``"contrastive"``, (B,) predicted offsets for
+#: ``"relative"``, (B, 2) predicted positions for ``"absolute"``.
 POSITION_PRED_KEY = "position_pred"
-"""Output key of the global positional output: (B, 2, D) projections for ``"contrastive"``, (B,) predicted offsets for
-``"relative"``, (B, 2) predicted positions for ``"absolute"``."""
 POSITION_MODES = ("contrastive", "relative", "absolute")
 
 

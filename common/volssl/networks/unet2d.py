@@ -38,8 +38,8 @@ __all__ = [
     "init_kaiming_normal",
 ]
 
+#: Both spatial sizes of a :class:`UNet2d` input must be multiples of this (4 max-pools of factor 2).
 UNET2D_DIVISOR = 16
-"""Both spatial sizes of a :class:`UNet2d` input must be multiples of this (4 max-pools of factor 2)."""
 
 _NORMS = ("batch", "instance", None)
 

@@ -22,8 +22,8 @@ from torch import nn
 
 __all__ = ["VNET_DIVISOR", "ConvNormAct3d", "VNetConvStage", "VNet", "UNet3dCRLN", "check_divisible"]
 
+#: Every spatial size of a :class:`VNet` / :class:`UNet3dCRLN` input must be a multiple of this.
 VNET_DIVISOR = 16
-"""Every spatial size of a :class:`VNet` / :class:`UNet3dCRLN` input must be a multiple of this."""
 
 _NORMS = ("batch", "instance", "none", None)
 
