@@ -195,9 +195,9 @@ def test_ddp_pretrain_and_train_with_torchrun(workspace, tmp_path):
 
 def test_export_verify_standalone_download_and_load(workspace, tmp_path):
     """The exported zip verifies, runs on its own (only the metadata's packages, the vendored volssl) on a file, a
-    folder and a datalist from the bundle folder, installs with `monai.bundle download --url file://`, loads with
-    `monai.bundle.load`; one changed byte in models/model.pt makes `verify` fail naming the file; without its
-    vendored volssl the bundle's inference ends with one line; the signature checks of _assert_signature_checks."""
+    folder and a datalist from an unrelated working directory, installs with `monai.bundle download --url file://`,
+    loads with `monai.bundle.load`; one changed byte in models/model.pt makes `verify` fail naming the file; without
+    its vendored volssl the bundle's inference ends with one line; the signature checks of _assert_signature_checks."""
     import shutil
     import subprocess
     import sys
