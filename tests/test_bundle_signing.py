@@ -116,6 +116,16 @@ def test_added_file_and_forged_signature_are_rejected(tmp_path):
     assert "signature does not match" in _check(root, fp).problems[0]
 
 
+def test_signed_manifest_naming_a_path_outside_the_bundle_is_rejected(tmp_path):
+    root = _bundle(tmp_path / "b")
+    (tmp_path / "outside.txt").write_text("x")
+    with open(root / MANIFEST, "a") as f:
+        f.write(f"{_sha(tmp_path / 'outside.txt')}  ../outside.txt\n")
+    fp = _sign(root, tmp_path / "key")  # validly signed, by someone who lists a file outside the bundle
+    assert _check(root, fp).problems == [f"{signing.SIGNATURE}: the signed manifest names a path outside the "
+                                         "bundle: ../outside.txt"]
+
+
 def test_unsigned_bundle_says_so(tmp_path):
     root = _bundle(tmp_path / "b")
     assert _check(root, None).problems == [] and _check(root, None).note.startswith("UNSIGNED: integrity only")

@@ -115,7 +115,9 @@ def test_every_bundle_runs_from_an_unrelated_directory_in_a_fresh_environment(me
                     str(tmp_path / "run"), "--output_dir", str(tmp_path / "dist"), "--key", str(tmp_path / "key")],
                    check=True)
     (zip_path,) = (tmp_path / "dist").glob("*.zip")
-    image = json.loads(datalist.read_text())["test"][0]["image"]
+    from volssl.data import load_role
+
+    image = load_role(datalist, "test")[0]["image"]  # an absolute path
     proc = subprocess.run([sys.executable, str(tool / "check_standalone.py"), str(zip_path), str(image),
                            "--venv", str(partner_venv), "--workdir", str(tmp_path / "work")],
                           capture_output=True, text=True, timeout=1800, check=False)

@@ -22,8 +22,8 @@ folder ``<name>/`` laid out as a model-zoo bundle:
   ``inference.json`` gets ``expected_input`` (the training data's spacing, size and intensity range);
   ``metadata.json`` gets the label names, the versions of this environment and, with ``--metrics``, the measured
   ``eval_metrics``;
-- ``volssl/``: the shared package, vendored (MONAI puts the bundle root on ``sys.path``; run the bundle from its
-  folder, as every model-zoo bundle);
+- ``volssl/``: the shared package, vendored (MONAI's ``run`` puts the config file's bundle folder on ``sys.path``,
+  so the bundle runs from any working directory with ``--config_file <bundle>/configs/...``);
 - ``models/``: ``model.pt``, ``model.ts`` (TorchScript, from ``ckpt_export`` run on the exported configs and code),
   the pretrained encoder where the method has one, and the training records;
 - ``docs/``, ``LICENSE``, ``large_files.yml`` (the zoo's format, sha256 hashes) and ``checksums.sha256`` (a sha256 of

@@ -105,6 +105,8 @@ def load_or_create_key(key: str | os.PathLike | None = None, create: bool = True
         return private, path
     try:
         private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as err:
+        raise VolsslInputError(path, f"cannot read the signing key ({err.strerror or err})") from None
     except (ValueError, TypeError) as err:
         raise VolsslInputError(path, f"not an unencrypted PEM private key ({err})") from None
     if not isinstance(private, ed25519.Ed25519PrivateKey):
@@ -205,15 +207,15 @@ def check_signature(bundle_root: Path, manifest: str, public_key: str | None,
                                    f"{wanted}; ask its maker for a signed export"], None, "unsigned")
         return SignatureCheck([], None, "UNSIGNED: integrity only (the files match the manifest, but anyone could "
                                         "have recomputed it); who made the bundle is not checked")
-    _, _, InvalidSignature = _crypto()
+    ed25519, _, InvalidSignature = _crypto()
     try:
         record = json.loads(sig_path.read_text())
-        public = public_key_from(record["public_key"])
+        public = ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(record["public_key"], validate=True))
         signature = base64.b64decode(record["signature"], validate=True)
         signed_text = record["manifest"]
         if record.get("algorithm") != ALGORITHM:
             raise ValueError(f"algorithm {record.get('algorithm')!r}, expected {ALGORITHM!r}")
-    except (ValueError, KeyError, TypeError, VolsslInputError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         return SignatureCheck([f"{SIGNATURE}: not a volssl signature file ({err})"], None, "invalid signature")
     signer = fingerprint(public)
     if wanted is not None and signer != wanted:
@@ -225,7 +227,12 @@ def check_signature(bundle_root: Path, manifest: str, public_key: str | None,
         return SignatureCheck([f"{SIGNATURE}: the signature does not match the manifest it carries (the signature "
                                "file was altered)"], None, "invalid signature")
     problems = []
-    for rel, digest in sorted(_manifest_entries(signed_text).items(), key=lambda kv: (kv[0] in indexes, kv[0])):
+    entries = _manifest_entries(signed_text)
+    outside = [rel for rel in entries if rel.startswith("/") or ".." in Path(rel).parts]
+    if outside:  # a valid signature, but by someone who lists files outside the bundle
+        return SignatureCheck([f"{SIGNATURE}: the signed manifest names a path outside the bundle: {outside[0]}"],
+                              None, "invalid manifest")
+    for rel, digest in sorted(entries.items(), key=lambda kv: (kv[0] in indexes, kv[0])):
         target = bundle_root / rel
         if not target.is_file():
             problems.append(f"{rel}: listed in the signed manifest but missing")
