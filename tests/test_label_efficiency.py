@@ -284,6 +284,17 @@ def test_budget_arms_are_named_after_their_pretraining_epochs(tmp_path):
     assert label_efficiency.widest_interval(row) == (-0.01, 0.05)
 
 
+def test_a_protocol_made_before_min_epochs_is_continued_only_with_its_setting(tmp_path):
+    # a protocol.json written before min_epochs, train_overlay and budget_epochs existed (they ran with 0, none, none)
+    old = {k: None for k in label_efficiency.FIXED_SETTINGS
+           if k not in label_efficiency.SETTING_DEFAULTS}
+    (tmp_path / "protocol.json").write_text(json.dumps({"settings": old}))
+    now = {**old, "train_overlay": [], "budget_epochs": [], "min_epochs": 10}  # the bundles' default today
+    with pytest.raises(SystemExit, match=r"other settings \(min_epochs\).*--min_epochs 0"):
+        label_efficiency._check_settings(tmp_path, now)
+    label_efficiency._check_settings(tmp_path, {**now, "min_epochs": 0})  # what it ran with: accepted
+
+
 def test_budget_curve_and_paper_recipe_on_phantoms(tmp_path):
     """One CORAL pretraining of 2 epochs kept after epochs 1 and 2, each snapshot fine-tuned under the paper recipe
     overlay (and random init), 1 labelled volume, 1 set x 1 seed: the budget table and figure, the pooled 2D Dice

@@ -27,7 +27,7 @@
 # Estimated cost on the 2-core development CPU (from the README's measured ACDC and LA-half runs, 2 threads, the
 # machine otherwise idle; not measured for these exact runs): budget about 12 h of pretraining (PCL and CORAL,
 # 800 epochs each at about 27 s per epoch) + about 3 h of fine-tuning (84 runs + the lr grid); paper about 1.5 h
-# (36 runs of 200-400 iterations, validation every 2 epochs); la6 about 1.6 h (12 runs); hippo about 1 h (12 runs).
+# (36 runs of 200-400 iterations, validation every 2 epochs); la6 about 2 h (12 runs); hippo about 1.5 h (12 runs).
 #
 # Settings (environment variables):
 #   VOLSSL_DATA=../shared/data  raw data sets (acdc/, la_half/, hippocampus/)

@@ -5,11 +5,11 @@ baseline with bootstrap 95 % confidence intervals and a label-efficiency curve.
     # slice pretraining (random init, PCL, CORAL, SAL), full and frozen-encoder fine-tuning
     python tools/label_efficiency.py run --datalist runs/data/acdc96/datalist.json --output_dir runs/le_acdc \\
         --family slice --label_counts "[1,2]" --n_sets 3 --seeds "[0,1]" --group_regex 'patient\\d+' \\
-        --lr_grid "[1e-3,3e-4]" --patience 5 --overrides "{'patch_size': [96, 96]}" \\
+        --lr_grid "[1e-3,3e-4]" --patience 5 --min_epochs 0 --overrides "{'patch_size': [96, 96]}" \\
         --train_overrides "{'epochs': 40, 'iterations_per_epoch': 50}" --pretrain_overrides "{'pretrain_epochs': 50}"
     # semi-supervised (supervised-only, mean teacher, CRLN) on LA-half, 8 labelled volumes
     python tools/label_efficiency.py run --datalist runs/data/la_pool/datalist.json --output_dir runs/le_la \\
-        --family semi --label_counts "[8]" --n_sets 3 --seeds "[0,1]" --patience 5 \\
+        --family semi --label_counts "[8]" --n_sets 3 --seeds "[0,1]" --patience 5 --min_epochs 0 \\
         --train_overrides "{'epochs': 40, 'iterations_per_epoch': 50, 'val_interval': 1}" \\
         --eval_variants "{'student': {'checkpoint': '{root}/models/model_student.pt'}}"
     # pretraining budget curve: one 800-epoch pretraining per method, snapshots after 50/200/800 epochs as arms
@@ -96,8 +96,9 @@ FAMILIES = {"slice": {"baseline": "random", "arms": tuple(SLICE_ARMS), "finetune
 FIXED_SETTINGS = ("datalist", "family", "finetune_bundle", "semi_bundle", "overlay", "overrides", "train_overrides",
                   "pretrain_overrides", "patience", "lr_grid", "lr_tuning_pairs", "min_lr_ratio", "group_regex",
                   "set_seed", "match_budget", "pretrain_per_seed", "train_overlay", "min_epochs", "budget_epochs")
-# settings added after the first protocols were run: an older protocol.json without them had these values
-SETTING_DEFAULTS = {"train_overlay": [], "min_epochs": None, "budget_epochs": []}
+# settings added after the first protocols were run: an older protocol.json without them ran with these values (no
+# minimum number of epochs before early stopping existed then)
+SETTING_DEFAULTS = {"train_overlay": [], "min_epochs": 0, "budget_epochs": []}
 TRAIN_DONE = "train_done.json"
 BUDGET_SEP = "_e"  # a budget-curve arm is <pretraining arm>_e<pretraining epochs>, e.g. coral_e200
 
@@ -255,8 +256,11 @@ def _check_settings(out: Path, settings: dict) -> None:
     before = {**SETTING_DEFAULTS, **old.get("settings", {})}
     changed = [k for k in FIXED_SETTINGS if json.dumps(before.get(k)) != json.dumps(settings[k])]
     if changed:
+        hint = ""
+        if "min_epochs" in changed and "min_epochs" not in old.get("settings", {}):
+            hint = "; it was run before early_stop_min_epochs existed: pass --min_epochs 0 to continue it"
         raise SystemExit(f"{out} holds a protocol with other settings ({', '.join(changed)}): use another output_dir "
-                         "(arms, label counts, sets and seeds may be added to an existing one)")
+                         f"(arms, label counts, sets and seeds may be added to an existing one){hint}")
 
 
 def run(
@@ -317,7 +321,8 @@ def run(
             ``paper_finetune.json`` (the released CORAL/PCL fine-tuning recipe; with ``--lr_grid "[5e-5]"`` and
             ``--patience None``, since the tool sets the learning rate and the early stopping of every run).
         min_epochs: ``early_stop_min_epochs`` of every training run (the patience counts only after this many
-            epochs); ``None``: the bundle's default (10).
+            epochs); ``None``: the bundle's value (10), recorded in ``protocol.json``. A protocol folder made before
+            this option existed ran with 0: continue it with ``--min_epochs 0``.
         budget_epochs: pretraining budget curve, e.g. ``[50, 200, 800]``: each pretraining method runs once for the
             largest number of epochs, keeping its encoder after each of these epochs, and every snapshot is
             fine-tuned as an arm of its own (``coral_e50``, ``coral_e200``, ...); ``summarize`` adds ``budget.md``,
@@ -355,13 +360,15 @@ def run(
     configs = REPO_ROOT / bundle / "configs"
     extra = overlay_files(configs, overlay)
     train_extra = overlay_files(configs, train_overlay)
-    if lr_grid is None:  # no tuning: the learning rate of the overrides, else of the configs
-        from monai.bundle import ConfigParser
+    from monai.bundle import ConfigParser
 
-        parser = ConfigParser()
-        parser.read_config([str(configs / "train.json"), *map(str, extra), *map(str, train_extra)])
-        given = {**parse_literal(overrides, {}), **parse_literal(train_overrides, {})}
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), *map(str, extra), *map(str, train_extra)])
+    given = {**parse_literal(overrides, {}), **parse_literal(train_overrides, {})}
+    if lr_grid is None:  # no tuning: the learning rate of the overrides, else of the configs
         lr_grid = [float(given.get("learning_rate", parser["learning_rate"]))]
+    if min_epochs is None:  # the configs' value, recorded, so that a later change of the default cannot mix runs
+        min_epochs = given.get("early_stop_min_epochs", parser.get("early_stop_min_epochs", 0))
     settings = {"datalist": str(datalist_path), "family": family, "finetune_bundle": finetune_bundle,
                 "semi_bundle": semi_bundle, "overlay": [q.name for q in extra],
                 "overrides": parse_literal(overrides, {}), "train_overrides": parse_literal(train_overrides, {}),
