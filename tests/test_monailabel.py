@@ -95,8 +95,11 @@ def test_layout_refuses_what_monailabel_cannot_serve(tmp_path, exported):
         zf.writestr("b/configs/metadata.json", "{}")
     with pytest.raises(serve.BundleError, match="one top folder"):
         serve.layout_app(tmp_path / "app", [two_tops], log=lambda _: None)
-    with pytest.raises(serve.BundleError, match="neither a bundle folder nor a zip"):
+    with pytest.raises(serve.BundleError, match="missing.zip: file not found"):
         serve.layout_app(tmp_path / "app", [tmp_path / "missing.zip"], log=lambda _: None)
+    (tmp_path / "notes.txt").write_text("not a bundle")
+    with pytest.raises(serve.BundleError, match="neither a bundle folder nor a zip"):
+        serve.layout_app(tmp_path / "app", [tmp_path / "notes.txt"], log=lambda _: None)
     with pytest.raises(FileNotFoundError, match="no bundle"):
         app_lib.find_bundles(tmp_path / "app" / "model", "not_there")
 

@@ -4,6 +4,7 @@ model-card sections, and ONNX export with dynamic spatial axes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -195,9 +196,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def zoo_pull_request(tmp_path_factory):
-    """CRLN exported in the zoo's pull-request layout (``--without_weights``), its weights served by
+@contextlib.contextmanager
+def _served_pull_request(name: str, root: Path):
+    """``name`` exported in the zoo's pull-request layout (``--without_weights``), its weights served by
     ``python -m http.server`` on 127.0.0.1 at the ``--weights_url`` the export wrote into ``large_files.yml``.
 
     Yields ``(bundle folder, weights folder)``; the initial network weights stand in for trained ones (the checks
@@ -210,14 +211,12 @@ def zoo_pull_request(tmp_path_factory):
 
     from monailabel_helpers import _initial_run, phantom_values
 
-    name = "crln_mri_segmentation"
-    root = tmp_path_factory.mktemp("zoo_pr")
     run_dir = _initial_run(name, root / "run", phantom_values(name), {"0": "background", "1": "a", "2": "b", "3": "c"})
     port = _free_port()
     url = f"http://127.0.0.1:{port}/weights"
     zip_path = Path(export_tool().export(str(BUNDLES / name), str(run_dir), str(root / "dist"), weights_url=url,
                                          without_weights=True))
-    weights = zip_path.with_name(f"{name}_v{json.loads((BUNDLES / name / 'configs' / 'metadata.json').read_text())['version']}_weights")
+    weights = zip_path.with_name(zip_path.stem + "_weights")
     served = root / "served"
     (served / "weights").mkdir(parents=True)
     for path in weights.iterdir():
@@ -237,6 +236,13 @@ def zoo_pull_request(tmp_path_factory):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def zoo_pull_request(tmp_path_factory):
+    """CRLN in the zoo's pull-request layout, weights served on 127.0.0.1 (see :func:`_served_pull_request`)."""
+    with _served_pull_request("crln_mri_segmentation", tmp_path_factory.mktemp("zoo_pr")) as served:
+        yield served
 
 
 def _zoo_verify_in_bundle(bundle: Path, mode: str) -> str:
@@ -320,3 +326,18 @@ def test_requirements_prints_the_pins_of_metadata(capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"pip install monai=={meta['monai_version']} torch=={meta['pytorch_version']} ")
     assert all(f"{k}=={v}" in line.split() for k, v in meta["required_packages_version"].items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLICE_BUNDLES)
+def test_zoo_pull_request_slice_bundles(name, tmp_path):
+    """CORAL and SAL (they also ship pretrain.pt) in the pull-request layout: pre-commit, fetch and the zoo's min
+    checks. About 1 min each on 2 shared cores."""
+    from volssl.bundle import zoo
+
+    with _served_pull_request(name, tmp_path) as (bundle, _):
+        assert zoo.pre_commit_problems(bundle) == []
+        entries = zoo.read_large_files((bundle / "large_files.yml").read_text())
+        assert sorted(e["path"] for e in entries) == ["models/model.pt", "models/model.ts", "models/pretrain.pt"]
+        assert "large files downloaded" in _zoo_verify_in_bundle(bundle, "min")
+        assert export_tool().check(str(bundle)) == []

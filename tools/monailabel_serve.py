@@ -66,6 +66,8 @@ def install_bundle(source, model_dir, replace: bool = False) -> tuple[str, Path,
     An existing copy is kept (it holds the models trained by earlier ``/train`` requests) unless ``replace``.
     """
     source, model_dir = Path(source), Path(model_dir)
+    if not source.exists():
+        raise BundleError(f"{source}: file not found")
     if source.is_file() and zipfile.is_zipfile(source):
         name = _zip_top_folder(source)
     elif source.is_dir():
