@@ -323,11 +323,19 @@ def export(
         (stage / LARGE_FILES).write_text(_large_files(stage, weights_url))
         _write_manifest(stage)
         zip_path = Path(output_dir).resolve() / f"{name}_v{version}.zip"
-        if without_weights:  # rewrites the manifest without the weights, so it is signed afterwards
-            stage = _leave_weights_out(stage, zip_path.with_name(f"{name}_v{version}_weights"))
         private_key, key_file = signing.load_or_create_key(key)
-        signer = signing.sign_manifest(stage, MANIFEST, private_key)
-        verify(str(stage), public_key=signer)
+        if without_weights:
+            verify(str(stage))  # the whole bundle, weights included, before they leave it
+            # rewrites the manifest without the weights (large_files.yml, which is signed, holds their hashes), so
+            # the signature comes after; the weights-less folder is checked for its signature only
+            stage = _leave_weights_out(stage, zip_path.with_name(f"{name}_v{version}_weights"))
+            signer = signing.sign_manifest(stage, MANIFEST, private_key)
+            problems = signing.check_signature(stage, MANIFEST, signer, sha256, indexes=(LARGE_FILES,)).problems
+            if problems:
+                raise VolsslInputError(stage, f"{len(problems)} problem(s), the first: {problems[0]}")
+        else:
+            signer = signing.sign_manifest(stage, MANIFEST, private_key)
+            verify(str(stage), public_key=signer)
         _zip(stage, zip_path)
     print(f"exported {zip_path}")
     print(f"signed with {key_file}: publish this fingerprint with the zip, partners check it with "
