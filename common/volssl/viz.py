@@ -49,9 +49,9 @@ def _distinct(rows: Sequence[dict], keys: Sequence[str], prefix: str) -> list[tu
             continue  # no value at all: no line, hence no legend entry
         same = next((g for g in groups if _series(rows, g[0]) == series), None)
         if same is None:
-            groups.append((key, [key[len(prefix):]]))
+            groups.append((key, [key[len(prefix) :]]))
         else:
-            same[1].append(key[len(prefix):])
+            same[1].append(key[len(prefix) :])
     return groups
 
 
@@ -64,12 +64,15 @@ def learning_curves_figure(rows: Sequence[dict]):
     from matplotlib.ticker import MaxNLocator
 
     keys = sorted({k for r in rows for k in r})
-    train = [k for k in keys if k.startswith("train_") and k[len("train_"):] not in SCALAR_KEYS]
-    scalars = [k for k in keys if k.startswith("train_") and k[len("train_"):] in SCALAR_KEYS]
+    train = [k for k in keys if k.startswith("train_") and k[len("train_") :] not in SCALAR_KEYS]
+    scalars = [k for k in keys if k.startswith("train_") and k[len("train_") :] in SCALAR_KEYS]
     val = [k for k in keys if k.startswith("val_")]
     probe = [k for k in keys if k.startswith("probe_")]
-    panels = [(kind, group) for kind, group in (("train", train), ("scalars", scalars), ("val", val),
-                                                ("probe", probe)) if group or kind == "train"]
+    panels = [
+        (kind, group)
+        for kind, group in (("train", train), ("scalars", scalars), ("val", val), ("probe", probe))
+        if group or kind == "train"
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (kind, group) in zip(axes[0], panels):
         prefix = {"train": "train_", "scalars": "train_", "val": "val_", "probe": "probe_"}[kind]
@@ -83,13 +86,17 @@ def learning_curves_figure(rows: Sequence[dict]):
             epochs, values = _series(rows, best_key)
             if epochs:
                 best = int(np.argmax(values))
-                ax.axvline(epochs[best], color="0.4", linestyle="--", linewidth=1,
-                           label=f"best epoch {int(epochs[best])} ({best_key[len('val_'):]} {values[best]:.3f})")
+                ax.axvline(
+                    epochs[best],
+                    color="0.4",
+                    linestyle="--",
+                    linewidth=1,
+                    label=f"best epoch {int(epochs[best])} ({best_key[len('val_'):]} {values[best]:.3f})",
+                )
         ylabel, title = {
             "train": ("loss (dimensionless, lower is better)", "training losses (mean per epoch)"),
             "scalars": ("value (dimensionless)", "training schedule scalars"),
-            "val": ("Dice (0-1, higher is better)" if any("dice" in k for k in group) else "metric",
-                    "validation"),
+            "val": ("Dice (0-1, higher is better)" if any("dice" in k for k in group) else "metric", "validation"),
             "probe": ("diagnostic value (dimensionless)", "embedding probe"),
         }[kind]
         ax.set(xlabel="epoch", ylabel=ylabel, title=title)

@@ -47,8 +47,9 @@ def parse_epoch_times(log: str) -> list[dict]:
     return rows
 
 
-def run_epochs(code_root: str | Path, job: str, datalist: str | Path, epochs: int, threads: int | None,
-               workdir: Path) -> list[dict]:
+def run_epochs(
+    code_root: str | Path, job: str, datalist: str | Path, epochs: int, threads: int | None, workdir: Path
+) -> list[dict]:
     """One bundle run of ``job`` with the checkout at ``code_root``; its epochs' times."""
     bundle, configs, epoch_key, extra = JOBS[job]
     root = Path(code_root).resolve()
@@ -57,9 +58,24 @@ def run_epochs(code_root: str | Path, job: str, datalist: str | Path, epochs: in
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str([str(cfg / c) for c in configs]),
-           "--bundle_root", str(workdir), "--dataset_dir", str(Path(datalist).parent), "--datalist", str(datalist),
-           "--logging_file", str(cfg / "logging.conf"), f"--{epoch_key}", str(epochs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str([str(cfg / c) for c in configs]),
+        "--bundle_root",
+        str(workdir),
+        "--dataset_dir",
+        str(Path(datalist).parent),
+        "--datalist",
+        str(datalist),
+        "--logging_file",
+        str(cfg / "logging.conf"),
+        f"--{epoch_key}",
+        str(epochs),
+    ]
     for key, value in extra.items():
         cmd += [f"--{key}", str(value)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, env=env, check=False)
@@ -115,12 +131,16 @@ def compare_epochs(
                 row[f"{name}_epoch_s"] = _median(times[name])
             row["ratio"] = row["this_epoch_s"] / row["other_epoch_s"]
             out.append(row)
-            print(f"{job}: epoch {row['other_epoch_s']:.2f} -> {row['this_epoch_s']:.2f} s (x{row['ratio']:.3f})",
-                  flush=True)
+            print(
+                f"{job}: epoch {row['other_epoch_s']:.2f} -> {row['this_epoch_s']:.2f} s (x{row['ratio']:.3f})",
+                flush=True,
+            )
     print("\n| job | epochs timed | epoch s (other) | epoch s (this) | this / other |\n|---|---|---|---|---|")
     for r in out:
-        print(f"| {r['job']} | {r['epochs_counted']} | {r['other_epoch_s']:.2f} | {r['this_epoch_s']:.2f} | "
-              f"{r['ratio']:.3f} |")
+        print(
+            f"| {r['job']} | {r['epochs_counted']} | {r['other_epoch_s']:.2f} | {r['this_epoch_s']:.2f} | "
+            f"{r['ratio']:.3f} |"
+        )
     return out
 
 

@@ -49,27 +49,46 @@ SCALES = {
         "coral_pretrain": {},
         "sal_pretrain": {},
         "finetune": {"iterations_per_epoch": 20},
-        "crln": {"num_classes": 4, "n_filters": 8, "patch_size": [48, 48, 16], "iterations_per_epoch": 10,
-                 "rectify_after_iterations": 0, "dropout": 0.0},
+        "crln": {
+            "num_classes": 4,
+            "n_filters": 8,
+            "patch_size": [48, 48, 16],
+            "iterations_per_epoch": 10,
+            "rectify_after_iterations": 0,
+            "dropout": 0.0,
+        },
     },
     "paper": {
         "coral_pretrain": {"features": 48, "patch_size": [352, 352], "pretrain_batch_size": 32},
         "sal_pretrain": {"features": 48, "patch_size": [352, 352], "pretrain_batch_size": 32},
         "finetune": {"features": 48, "patch_size": [352, 352], "batch_size": 10, "iterations_per_epoch": 20},
-        "crln": {"num_classes": 4, "n_filters": 16, "patch_size": [112, 112, 80], "iterations_per_epoch": 10,
-                 "rectify_after_iterations": 0},
+        "crln": {
+            "num_classes": 4,
+            "n_filters": 16,
+            "patch_size": [112, 112, 80],
+            "iterations_per_epoch": 10,
+            "rectify_after_iterations": 0,
+        },
     },
 }
 
-_BUNDLES = {"coral_pretrain": "coral_mri_segmentation", "sal_pretrain": "sal_mri_segmentation",
-            "finetune": "coral_mri_segmentation", "crln": "crln_mri_segmentation"}
+_BUNDLES = {
+    "coral_pretrain": "coral_mri_segmentation",
+    "sal_pretrain": "sal_mri_segmentation",
+    "finetune": "coral_mri_segmentation",
+    "crln": "crln_mri_segmentation",
+}
 
 
 def loop_configs(loop: str, bundles_dir: Path) -> list[str]:
     """The config files of ``loop``: the bundle's config and its CPU-sized overlays."""
     configs = Path(bundles_dir) / _BUNDLES[loop] / "configs"
-    names = {"coral_pretrain": ["pretrain.json", "cpu_small.json"], "sal_pretrain": ["pretrain.json", "cpu_small.json"],
-             "finetune": ["train.json", "cpu_small.json"], "crln": ["train.json", "cpu_small.json", "adam.json"]}[loop]
+    names = {
+        "coral_pretrain": ["pretrain.json", "cpu_small.json"],
+        "sal_pretrain": ["pretrain.json", "cpu_small.json"],
+        "finetune": ["train.json", "cpu_small.json"],
+        "crln": ["train.json", "cpu_small.json", "adam.json"],
+    }[loop]
     return [str(configs / n) for n in names]
 
 
@@ -98,8 +117,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_loop(loop: str, variant: str, datalist: str, bundles_dir: str, scale: str = "cpu", warmup: int = 3,
-                 timed: int = 20, network_repeats: int = 20, overrides: dict | None = None) -> dict:
+def measure_loop(
+    loop: str,
+    variant: str,
+    datalist: str,
+    bundles_dir: str,
+    scale: str = "cpu",
+    warmup: int = 3,
+    timed: int = 20,
+    network_repeats: int = 20,
+    overrides: dict | None = None,
+) -> dict:
     """One measurement (see the module docstring) of ``loop`` with ``variant`` on ``datalist``."""
     from ignite.engine import Events
     from monai.bundle import ConfigParser
@@ -112,8 +140,15 @@ def measure_loop(loop: str, variant: str, datalist: str, bundles_dir: str, scale
         t0 = time.perf_counter()
         parser = ConfigParser()
         parser.read_config(loop_configs(loop, Path(bundles_dir)))
-        values = {"bundle_root": str(root), "dataset_dir": str(Path(datalist).parent), "datalist": str(datalist),
-                  "resume": False, **SCALES[scale][loop], **VARIANTS[variant], **(overrides or {})}
+        values = {
+            "bundle_root": str(root),
+            "dataset_dir": str(Path(datalist).parent),
+            "datalist": str(datalist),
+            "resume": False,
+            **SCALES[scale][loop],
+            **VARIANTS[variant],
+            **(overrides or {}),
+        }
         if loop == "finetune":
             values["load_pretrain"] = False
         if loop.endswith("_pretrain"):
@@ -136,8 +171,9 @@ def measure_loop(loop: str, variant: str, datalist: str, bundles_dir: str, scale
         per_epoch = len(loader)
         trainer.state.max_epochs = max(1, math.ceil((warmup + timed) / per_epoch))
         stamps: list[float] = []
-        stamp = trainer.add_event_handler(Events.ITERATION_COMPLETED,
-                                          lambda e: (_sync(device), stamps.append(time.perf_counter())))
+        stamp = trainer.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda e: (_sync(device), stamps.append(time.perf_counter()))
+        )
         trainer.run()
         stamp.remove()
         # medians of the per-iteration times: robust to other processes' bursts on a shared machine
@@ -184,11 +220,21 @@ def measure_loop(loop: str, variant: str, datalist: str, bundles_dir: str, scale
         items, unit = _items_per_iteration(loop, parser)
         its = 1.0 / loop_s
         return {
-            "loop": loop, "variant": variant, "scale": scale, "device": str(device),
-            "threads": torch.get_num_threads(), "setup_s": setup_s, "its_per_s": its,
-            "items_per_s": items * its, "unit": unit, "network_its_per_s": 1.0 / network_s,
-            "overhead": loop_s / network_s - 1.0, "gflop_per_it": flops / 1e9, "tflops": flops * its / 1e12,
-            "eval_s": eval_s, "precision": getattr(getattr(step, "precision", None), "describe", lambda: "fp32")(),
+            "loop": loop,
+            "variant": variant,
+            "scale": scale,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "setup_s": setup_s,
+            "its_per_s": its,
+            "items_per_s": items * its,
+            "unit": unit,
+            "network_its_per_s": 1.0 / network_s,
+            "overhead": loop_s / network_s - 1.0,
+            "gflop_per_it": flops / 1e9,
+            "tflops": flops * its / 1e12,
+            "eval_s": eval_s,
+            "precision": getattr(getattr(step, "precision", None), "describe", lambda: "fp32")(),
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -41,12 +41,18 @@ class DevicePeak:
     source: str
 
     def row(self) -> dict:
-        return {"device": self.device, "device_name": self.name, "peak_bf16_tflops": self.bf16_tflops,
-                "peak_fp32_tflops": self.fp32_tflops, "peak_source": self.source}
+        return {
+            "device": self.device,
+            "device_name": self.name,
+            "peak_bf16_tflops": self.bf16_tflops,
+            "peak_fp32_tflops": self.fp32_tflops,
+            "peak_source": self.source,
+        }
 
 
-def measure_matmul_tflops(device: torch.device | str, dtype: torch.dtype, size: int = 2048,
-                          min_seconds: float = 1.0) -> float:
+def measure_matmul_tflops(
+    device: torch.device | str, dtype: torch.dtype, size: int = 2048, min_seconds: float = 1.0
+) -> float:
     """TFLOP/s of ``size x size`` matmuls of ``dtype`` on ``device`` (after a warm-up, for at least ``min_seconds``)."""
     device = torch.device(device)
     a = torch.randn(size, size, device=device).to(dtype)

@@ -33,10 +33,37 @@ from .loops import LOOPS, VARIANTS
 
 __all__ = ["benchmark", "COLUMNS"]
 
-COLUMNS = ["loop", "variant", "scale", "device", "threads", "precision", "its_per_s", "items_per_s", "unit",
-           "gflop_per_it", "tflops", "of_peak", "network_its_per_s", "overhead", "speedup", "setup_s", "eval_s"]
-_FORMATS = {"its_per_s": ".2f", "items_per_s": ".3g", "gflop_per_it": ".1f", "tflops": ".4f", "of_peak": ".4f",
-            "network_its_per_s": ".2f", "overhead": "+.3f", "speedup": ".2f", "setup_s": ".1f", "eval_s": ".2f"}
+COLUMNS = [
+    "loop",
+    "variant",
+    "scale",
+    "device",
+    "threads",
+    "precision",
+    "its_per_s",
+    "items_per_s",
+    "unit",
+    "gflop_per_it",
+    "tflops",
+    "of_peak",
+    "network_its_per_s",
+    "overhead",
+    "speedup",
+    "setup_s",
+    "eval_s",
+]
+_FORMATS = {
+    "its_per_s": ".2f",
+    "items_per_s": ".3g",
+    "gflop_per_it": ".1f",
+    "tflops": ".4f",
+    "of_peak": ".4f",
+    "network_its_per_s": ".2f",
+    "overhead": "+.3f",
+    "speedup": ".2f",
+    "setup_s": ".1f",
+    "eval_s": ".2f",
+}
 _WORKER = "_worker"
 
 
@@ -69,8 +96,16 @@ def _worker(kind: str, kwargs: dict) -> dict:
         return device_peak(device).row()
     from .loops import measure_loop
 
-    return measure_loop(kwargs["loop"], kwargs["variant"], kwargs["datalist"], kwargs["bundles_dir"],
-                        kwargs["scale"], kwargs["warmup"], kwargs["timed"], overrides=kwargs.get("overrides"))
+    return measure_loop(
+        kwargs["loop"],
+        kwargs["variant"],
+        kwargs["datalist"],
+        kwargs["bundles_dir"],
+        kwargs["scale"],
+        kwargs["warmup"],
+        kwargs["timed"],
+        overrides=kwargs.get("overrides"),
+    )
 
 
 def _spawn(kind: str, **kwargs) -> dict:
@@ -123,15 +158,27 @@ def benchmark(
     with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
         data = datalist or str(_phantom_datalist(Path(tmp)))
         peak = _spawn("peak", threads=threads, device=device)
-        print(f"peak of {peak['device']} ({peak['device_name']}): bf16 {peak['peak_bf16_tflops']:.3f} TFLOP/s "
-              f"({peak['peak_source']})" + (f", fp32 {peak['peak_fp32_tflops']:.3f}" if peak["peak_fp32_tflops"] else ""),
-              flush=True)
+        print(
+            f"peak of {peak['device']} ({peak['device_name']}): bf16 {peak['peak_bf16_tflops']:.3f} TFLOP/s "
+            f"({peak['peak_source']})" + (f", fp32 {peak['peak_fp32_tflops']:.3f}" if peak["peak_fp32_tflops"] else ""),
+            flush=True,
+        )
         rows = []
         for loop in loops:
             base = None
             for variant in variants:
-                row = _spawn("loop", loop=loop, variant=variant, datalist=data, bundles_dir=bundles, scale=scale,
-                             threads=threads, warmup=warmup, timed=timed, overrides=overrides)
+                row = _spawn(
+                    "loop",
+                    loop=loop,
+                    variant=variant,
+                    datalist=data,
+                    bundles_dir=bundles,
+                    scale=scale,
+                    threads=threads,
+                    warmup=warmup,
+                    timed=timed,
+                    overrides=overrides,
+                )
                 row["of_peak"] = row["tflops"] / peak["peak_bf16_tflops"]
                 base = row["its_per_s"] if variant == "old" else base
                 row["speedup"] = row["its_per_s"] / base if base else None

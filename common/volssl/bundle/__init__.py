@@ -15,13 +15,7 @@ readable last line for input errors, and the training record that makes a run's 
 from .errors import install_error_hook, require_file
 from .inputs import InferenceInputs, check_image, check_input, distribution_warnings
 from .outputs import SaveSegmentationd, label_names
-from .record import (
-    RECORD_NAME,
-    apply_recorded_values,
-    read_training_record,
-    training_data_stats,
-    write_training_record,
-)
+from .record import RECORD_NAME, apply_recorded_values, read_training_record, training_data_stats, write_training_record
 
 __all__ = [
     "RECORD_NAME",

@@ -44,8 +44,9 @@ def _member_problem(info: zipfile.ZipInfo, max_ratio: float) -> str | None:
     return None
 
 
-def check_members(zip_path: Path, max_members: int = MAX_MEMBERS, max_total_bytes: int = MAX_TOTAL_BYTES,
-                  max_ratio: float = MAX_RATIO) -> list[zipfile.ZipInfo]:
+def check_members(
+    zip_path: Path, max_members: int = MAX_MEMBERS, max_total_bytes: int = MAX_TOTAL_BYTES, max_ratio: float = MAX_RATIO
+) -> list[zipfile.ZipInfo]:
     """The members of ``zip_path`` when every one passes the checks above; otherwise a
     :class:`~volssl.io.VolsslInputError` naming the zip and the first offending member."""
     zip_path = Path(zip_path)
@@ -63,8 +64,11 @@ def check_members(zip_path: Path, max_members: int = MAX_MEMBERS, max_total_byte
             raise VolsslInputError(zip_path, f"member {info.filename!r}: {problem}; nothing was extracted")
         total += info.file_size
         if total > max_total_bytes:
-            raise VolsslInputError(zip_path, f"member {info.filename!r}: the uncompressed total reaches {total} bytes, "
-                                   f"more than the limit of {max_total_bytes}; nothing was extracted")
+            raise VolsslInputError(
+                zip_path,
+                f"member {info.filename!r}: the uncompressed total reaches {total} bytes, "
+                f"more than the limit of {max_total_bytes}; nothing was extracted",
+            )
     return members
 
 

@@ -77,8 +77,11 @@ def _check_shape(path, shape: tuple) -> None:
     if min(shape) < MIN_SIDE:
         raise VolsslInputError(path, f"shape {shape}: every side must have at least {MIN_SIDE} voxels")
     if int(np.prod(shape)) > MAX_VOXELS:
-        raise VolsslInputError(path, f"shape {shape}: {np.prod(shape):,} voxels is more than this run accepts "
-                                     f"({MAX_VOXELS:,}); crop or resample the image first")
+        raise VolsslInputError(
+            path,
+            f"shape {shape}: {np.prod(shape):,} voxels is more than this run accepts "
+            f"({MAX_VOXELS:,}); crop or resample the image first",
+        )
 
 
 def _check_finite(path, data: np.ndarray) -> None:
@@ -113,18 +116,24 @@ def distribution_warnings(path, data: np.ndarray, affine: np.ndarray, expected: 
     if expected and expected.get("spacing_mm"):
         lo, hi = np.asarray(expected["spacing_mm"]["min"]), np.asarray(expected["spacing_mm"]["max"])
         if np.any(spacing < lo / SPACING_FACTOR) or np.any(spacing > hi * SPACING_FACTOR):
-            warnings.append(f"spacing {tuple(round(float(s), 3) for s in spacing)} mm is far from the training "
-                            f"data's {tuple(lo.tolist())}..{tuple(hi.tolist())} mm")
+            warnings.append(
+                f"spacing {tuple(round(float(s), 3) for s in spacing)} mm is far from the training "
+                f"data's {tuple(lo.tolist())}..{tuple(hi.tolist())} mm"
+            )
     if expected and expected.get("shape"):
         lo, hi = np.asarray(expected["shape"]["min"]), np.asarray(expected["shape"]["max"])
         if np.any(shape < lo / SIZE_FACTOR) or np.any(shape > hi * SIZE_FACTOR):
-            warnings.append(f"size {tuple(int(s) for s in shape)} is far from the training data's "
-                            f"{tuple(lo.tolist())}..{tuple(hi.tolist())} voxels")
+            warnings.append(
+                f"size {tuple(int(s) for s in shape)} is far from the training data's "
+                f"{tuple(lo.tolist())}..{tuple(hi.tolist())} voxels"
+            )
     sample = data.reshape(-1)[:: max(1, data.size // 2_000_000)]  # a bounded sample: this runs on every input
     values = np.unique(sample)
     if values.size <= LABEL_LIKE_VALUES and np.all(values == np.round(values)):
-        warnings.append(f"only {values.size} distinct integer values {values.astype(int).tolist()[:8]}: "
-                        "this looks like a label map, not an image")
+        warnings.append(
+            f"only {values.size} distinct integer values {values.astype(int).tolist()[:8]}: "
+            "this looks like a label map, not an image"
+        )
     return [f"{path}: {w}" for w in warnings]
 
 
@@ -146,8 +155,15 @@ class InferenceInputs:
         warnings: the out-of-distribution lines and the objects ignored as not images.
     """
 
-    def __init__(self, source, role: str = "test", expected: Mapping | None = None, stop_on_error: bool = False,
-                 series_uid=None, output_format: str = "nifti"):
+    def __init__(
+        self,
+        source,
+        role: str = "test",
+        expected: Mapping | None = None,
+        stop_on_error: bool = False,
+        series_uid=None,
+        output_format: str = "nifti",
+    ):
         self.source = str(source)
         if output_format not in OUTPUT_FORMATS:
             raise VolsslInputError("output_format", f"must be one of {OUTPUT_FORMATS}, got {output_format!r}")
@@ -161,11 +177,17 @@ class InferenceInputs:
             case = entry.get(CASE_KEY) or case_id(path)
             try:
                 if output_format == "dicom_seg" and not Path(path).is_dir():
-                    raise VolsslInputError(path, "a DICOM SEG output is written onto a DICOM source series, and this "
-                                                 "input is a NIfTI file (use --output_format nifti for it)")
+                    raise VolsslInputError(
+                        path,
+                        "a DICOM SEG output is written onto a DICOM source series, and this "
+                        "input is a NIfTI file (use --output_format nifti for it)",
+                    )
                 if case in cases:
-                    raise VolsslInputError(path, f"its case name '{case}' is also that of {cases[case]}: its output "
-                                                 "would overwrite the other's; rename one")
+                    raise VolsslInputError(
+                        path,
+                        f"its case name '{case}' is also that of {cases[case]}: its output "
+                        "would overwrite the other's; rename one",
+                    )
                 data, affine, notes = check_input(path, series_uid)
             except VolsslInputError as err:
                 if stop_on_error:
@@ -188,5 +210,7 @@ class InferenceInputs:
         if self.skipped:
             listing = "; ".join(f"{p}: {why}" for p, why in self.skipped)
             raise VolsslInputError(
-                self.source, f"{len(self.skipped)} of {len(self.skipped) + len(self.good)} input(s) skipped, the "
-                             f"others segmented. Skipped: {listing}")
+                self.source,
+                f"{len(self.skipped)} of {len(self.skipped) + len(self.good)} input(s) skipped, the "
+                f"others segmented. Skipped: {listing}",
+            )

@@ -83,10 +83,22 @@ class SaveSegmentationd(SaveImaged):
             series of a SEG again.
     """
 
-    def __init__(self, keys="pred", output_dir="./eval", output_postfix: str = "_seg", output_format: str = "nifti",
-                 bundle_root=".", series_uid=None) -> None:
-        super().__init__(keys=keys, output_dir=output_dir, output_postfix=output_postfix.lstrip("_"),
-                         separate_folder=False, print_log=False)
+    def __init__(
+        self,
+        keys="pred",
+        output_dir="./eval",
+        output_postfix: str = "_seg",
+        output_format: str = "nifti",
+        bundle_root=".",
+        series_uid=None,
+    ) -> None:
+        super().__init__(
+            keys=keys,
+            output_dir=output_dir,
+            output_postfix=output_postfix.lstrip("_"),
+            separate_folder=False,
+            print_log=False,
+        )
         if output_format not in OUTPUT_FORMATS:
             raise VolsslInputError("output_format", f"must be one of {OUTPUT_FORMATS}, got {output_format!r}")
         self.out_dir = Path(output_dir)
@@ -108,8 +120,9 @@ class SaveSegmentationd(SaveImaged):
             if self.output_format == "dicom_seg":
                 path = self._write_seg(array, source, self.out_dir / f"{case}{self.suffix}.dcm")
             else:
-                path = save_nifti(array, np.asarray(pred.affine, dtype=np.float64),
-                                  self.out_dir / f"{case}{self.suffix}.nii.gz")
+                path = save_nifti(
+                    array, np.asarray(pred.affine, dtype=np.float64), self.out_dir / f"{case}{self.suffix}.nii.gz"
+                )
             logger.info(f"wrote {path}")
         return d
 
@@ -122,5 +135,12 @@ class SaveSegmentationd(SaveImaged):
         names, algorithm, version = segment_naming(self.bundle_root)
         series, _ = select_series(source, self.series_uid)
         geometry = check_series(series, source)
-        return write_segmentation(label, geometry, names, path, algorithm=algorithm, version=version,
-                                  series_description=f"{algorithm} (automatic)")
+        return write_segmentation(
+            label,
+            geometry,
+            names,
+            path,
+            algorithm=algorithm,
+            version=version,
+            series_description=f"{algorithm} (automatic)",
+        )

@@ -30,8 +30,13 @@ import numpy as np
 
 from ..io import VolsslInputError, load_nifti, spacing_from_affine
 
-__all__ = ["RECORD_NAME", "apply_recorded_values", "read_training_record", "training_data_stats",
-           "write_training_record"]
+__all__ = [
+    "RECORD_NAME",
+    "apply_recorded_values",
+    "read_training_record",
+    "training_data_stats",
+    "write_training_record",
+]
 
 RECORD_NAME = "training_record.json"
 MAX_STAT_IMAGES = 16  # statistics from at most this many training images: enough for ranges, bounded cost
@@ -108,11 +113,7 @@ def _labels_of(datalist) -> dict | None:
 
 
 def write_training_record(
-    ckpt_dir,
-    values: Mapping,
-    data: Sequence[Mapping] = (),
-    datalist=None,
-    name: str = RECORD_NAME,
+    ckpt_dir, values: Mapping, data: Sequence[Mapping] = (), datalist=None, name: str = RECORD_NAME
 ) -> Path | None:
     """Write the training record ``<ckpt_dir>/<name>`` (atomically) and return its path; rank 0 only under DDP.
 
@@ -165,8 +166,9 @@ def read_training_record(path) -> dict:
     return dict(record)
 
 
-def apply_recorded_values(parser, record_path, given: Mapping[str, tuple] | None = None,
-                          keys: Sequence[str] | None = None) -> dict:
+def apply_recorded_values(
+    parser, record_path, given: Mapping[str, tuple] | None = None, keys: Sequence[str] | None = None
+) -> dict:
     """Set the values a run recorded in ``record_path`` on ``parser`` (a MONAI ``ConfigParser``), so that a tool
     rebuilds the run's network without the overlays and overrides being repeated; returns the values set.
 
@@ -185,8 +187,11 @@ def apply_recorded_values(parser, record_path, given: Mapping[str, tuple] | None
     for key in wanted:
         if given and key in given and _plain(given[key][0]) != values[key]:
             value, origin = given[key]
-            raise VolsslInputError(record_path, f"the run recorded {key}={values[key]!r}, but {origin} sets "
-                                   f"{key}={_plain(value)!r}; leave it out (the record is read) or probe another run")
+            raise VolsslInputError(
+                record_path,
+                f"the run recorded {key}={values[key]!r}, but {origin} sets "
+                f"{key}={_plain(value)!r}; leave it out (the record is read) or probe another run",
+            )
     applied = {key: values[key] for key in wanted if key in parser}
     for key, value in applied.items():
         parser[key] = value

@@ -60,8 +60,11 @@ def _crypto():
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:
-        raise VolsslInputError("cryptography", "the package is not installed; signing and checking bundle "
-                               "signatures need it: pip install -r requirements.txt (or pip install cryptography)")
+        raise VolsslInputError(  # one line for the user: the import's traceback says nothing more
+            "cryptography",
+            "the package is not installed; signing and checking bundle "
+            "signatures need it: pip install -r requirements.txt (or pip install cryptography)",
+        ) from None
     return ed25519, serialization, InvalidSignature
 
 
@@ -97,14 +100,17 @@ def load_or_create_key(key: str | os.PathLike | None = None, create: bool = True
             raise VolsslInputError(path, "signing key not found")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         private = ed25519.Ed25519PrivateKey.generate()
-        pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+        pem = private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         # created with 0600 from the start: the key is never readable by others, not even for a moment
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
-        print(f"note: created the signing key {path} (mode 0600; keep it private and back it up: bundles signed "
-              f"with it are checked against its fingerprint {fingerprint(private.public_key())})")
+        print(
+            f"note: created the signing key {path} (mode 0600; keep it private and back it up: bundles signed "
+            f"with it are checked against its fingerprint {fingerprint(private.public_key())})"
+        )
         return private, path
     try:
         private = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -185,8 +191,13 @@ def _manifest_entries(text: str) -> dict[str, str]:
     return entries
 
 
-def check_signature(bundle_root: Path, manifest: str, public_key: str | None,
-                    file_sha256: Callable[[Path], str], indexes: tuple[str, ...] = ()) -> SignatureCheck:
+def check_signature(
+    bundle_root: Path,
+    manifest: str,
+    public_key: str | None,
+    file_sha256: Callable[[Path], str],
+    indexes: tuple[str, ...] = (),
+) -> SignatureCheck:
     """Check :data:`SIGNATURE` in ``bundle_root``.
 
     Args:
@@ -206,11 +217,21 @@ def check_signature(bundle_root: Path, manifest: str, public_key: str | None,
     wanted = expected_fingerprint(public_key) if public_key is not None else None
     if not sig_path.is_file():
         if wanted is not None:
-            return SignatureCheck([f"{SIGNATURE}: the bundle is unsigned, so it cannot be checked against the key "
-                                   f"{wanted}; ask its maker for a signed export"], None, "unsigned")
-        return SignatureCheck([], None, "UNSIGNED: integrity only (the files match the manifest, but anyone could "
-                                        "have recomputed it); who made the bundle is not checked")
-    ed25519, _, InvalidSignature = _crypto()
+            return SignatureCheck(
+                [
+                    f"{SIGNATURE}: the bundle is unsigned, so it cannot be checked against the key "
+                    f"{wanted}; ask its maker for a signed export"
+                ],
+                None,
+                "unsigned",
+            )
+        return SignatureCheck(
+            [],
+            None,
+            "UNSIGNED: integrity only (the files match the manifest, but anyone could "
+            "have recomputed it); who made the bundle is not checked",
+        )
+    ed25519, _, invalid_signature = _crypto()
     try:
         record = json.loads(sig_path.read_text())
         public = ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(record["public_key"], validate=True))
@@ -222,19 +243,26 @@ def check_signature(bundle_root: Path, manifest: str, public_key: str | None,
         return SignatureCheck([f"{SIGNATURE}: not a volssl signature file ({err})"], None, "invalid signature")
     signer = fingerprint(public)
     if wanted is not None and signer != wanted:
-        return SignatureCheck([f"{SIGNATURE}: signed by the key {signer}, not by the expected {wanted}"], None,
-                              "signed by another key")
+        return SignatureCheck(
+            [f"{SIGNATURE}: signed by the key {signer}, not by the expected {wanted}"], None, "signed by another key"
+        )
     try:
         public.verify(signature, signed_text.encode())
-    except InvalidSignature:
-        return SignatureCheck([f"{SIGNATURE}: the signature does not match the manifest it carries (the signature "
-                               "file was altered)"], None, "invalid signature")
+    except invalid_signature:
+        return SignatureCheck(
+            [f"{SIGNATURE}: the signature does not match the manifest it carries (the signature file was altered)"],
+            None,
+            "invalid signature",
+        )
     problems = []
     entries = _manifest_entries(signed_text)
     outside = [rel for rel in entries if rel.startswith("/") or ".." in Path(rel).parts]
     if outside:  # a valid signature, but by someone who lists files outside the bundle
-        return SignatureCheck([f"{SIGNATURE}: the signed manifest names a path outside the bundle: {outside[0]}"],
-                              None, "invalid manifest")
+        return SignatureCheck(
+            [f"{SIGNATURE}: the signed manifest names a path outside the bundle: {outside[0]}"],
+            None,
+            "invalid manifest",
+        )
     for rel, digest in sorted(entries.items(), key=lambda kv: (kv[0] in indexes, kv[0])):
         target = bundle_root / rel
         if not target.is_file():
@@ -245,8 +273,10 @@ def check_signature(bundle_root: Path, manifest: str, public_key: str | None,
     if not problems and (not current.is_file() or current.read_text() != signed_text):
         problems.append(f"{manifest}: differs from the signed manifest (files were added or removed after signing)")
     if wanted is None:
-        note = (f"signed by {signer}; the signer is not checked: pass --public_key with the fingerprint published "
-                "with the bundle")
+        note = (
+            f"signed by {signer}; the signer is not checked: pass --public_key with the fingerprint published "
+            "with the bundle"
+        )
     else:
         note = f"signed by the expected key {signer}"
     return SignatureCheck(problems, signer if not problems else None, note)

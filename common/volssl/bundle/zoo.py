@@ -63,8 +63,17 @@ per_file_ignores = __init__.py: F401, __main__.py: F401
 exclude = *.pyi,.git,.eggs,monai/_version.py,versioneer.py,venv,.venv,_version.py
 """
 ISORT_ARGS = ("--profile", "black", "--line-length", "120", "--project", "models")  # known_first_party = models
-BLACK_ARGS = ("--skip-magic-trailing-comma", "--line-length", "120", "--target-version", "py37",
-              "--target-version", "py38", "--target-version", "py39")
+BLACK_ARGS = (
+    "--skip-magic-trailing-comma",
+    "--line-length",
+    "120",
+    "--target-version",
+    "py37",
+    "--target-version",
+    "py38",
+    "--target-version",
+    "py39",
+)
 
 
 @dataclass(frozen=True)
@@ -125,8 +134,12 @@ def large_files_yaml(bundle_dir: str | os.PathLike, weights_url: str = "") -> st
     prefix = weights_url.rstrip("/")
     for path in weight_files(bundle_dir):
         url = f"{prefix}/{path.name}" if prefix else ""
-        lines += [f'  - path: "models/{path.name}"', f'    url: "{url}"', f'    hash_val: "{_sha256(path)}"',
-                  '    hash_type: "sha256"']
+        lines += [
+            f'  - path: "models/{path.name}"',
+            f'    url: "{url}"',
+            f'    hash_val: "{_sha256(path)}"',
+            '    hash_type: "sha256"',
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -162,8 +175,13 @@ def fetch_large_files(bundle_dir: str | os.PathLike, large_files: str = LARGE_FI
             raise ValueError(f"{bundle_dir / large_files}: {entry.get('path')} has no url; export with --weights_url")
         target = bundle_dir / entry["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        download_url(url=entry["url"], filepath=str(target), hash_val=entry.get("hash_val") or None,
-                     hash_type=entry.get("hash_type") or "sha256", progress=False)
+        download_url(
+            url=entry["url"],
+            filepath=str(target),
+            hash_val=entry.get("hash_val") or None,
+            hash_type=entry.get("hash_type") or "sha256",
+            progress=False,
+        )
         fetched.append(target)
     return fetched
 
@@ -175,8 +193,13 @@ def pull_request_layout(bundle_dir: str | os.PathLike, dest: str | os.PathLike) 
     """
     bundle_dir = Path(bundle_dir)
     target = Path(dest) / bundle_dir.name
-    shutil.copytree(bundle_dir, target, ignore=lambda folder, names: [
-        n for n in names if Path(folder).name == "models" and Path(n).suffix in WEIGHT_SUFFIXES])
+    shutil.copytree(
+        bundle_dir,
+        target,
+        ignore=lambda folder, names: [
+            n for n in names if Path(folder).name == "models" and Path(n).suffix in WEIGHT_SUFFIXES
+        ],
+    )
     return target
 
 
@@ -184,8 +207,11 @@ def bundle_requirements(meta: dict) -> list[str]:
     """The pinned pip requirements a bundle's ``metadata.json`` declares, in the order of the zoo's
     ``ci/get_bundle_requirements.py``: ``monai``, ``torch``, ``numpy``, then ``optional_packages_version`` and
     ``required_packages_version`` (``name==version`` each)."""
-    libs = [f"{dist}=={meta[key]}" for dist, key in (("monai", "monai_version"), ("torch", "pytorch_version"),
-                                                     ("numpy", "numpy_version")) if key in meta]
+    libs = [
+        f"{dist}=={meta[key]}"
+        for dist, key in (("monai", "monai_version"), ("torch", "pytorch_version"), ("numpy", "numpy_version"))
+        if key in meta
+    ]
     for key in ("optional_packages_version", "required_packages_version"):
         libs += [f"{name}=={version}" for name, version in meta.get(key, {}).items()]
     return libs
@@ -194,8 +220,9 @@ def bundle_requirements(meta: dict) -> list[str]:
 # -- the zoo's verify_bundle.py -----------------------------------------------------------------------------------------
 
 
-def verify_bundle(bundle_dir: str | os.PathLike, schema: str | os.PathLike, mode: str = "min",
-                  schema_sha256: str | None = None) -> list[str]:
+def verify_bundle(
+    bundle_dir: str | os.PathLike, schema: str | os.PathLike, mode: str = "min", schema_sha256: str | None = None
+) -> list[str]:
     """The checks of the zoo's ``ci/verify_bundle.py`` on ``bundle_dir``; returns what passed, raises on a failure.
 
     ``mode="min"`` (the zoo's CPU pre-merge): the weights are fetched from ``large_files.yml`` when it lists any that
@@ -228,18 +255,29 @@ def verify_bundle(bundle_dir: str | os.PathLike, schema: str | os.PathLike, mode
     if "version" not in meta or meta["version"] not in meta.get("changelog", {}):
         raise ValueError(f"{root / 'configs' / 'metadata.json'}: version {meta.get('version')!r} missing in changelog")
     passed.append("version and changelog")
-    verify_metadata(meta_file=str(root / "configs" / "metadata.json"), filepath=str(schema),
-                    hash_val=schema_sha256, hash_type="sha256")
+    verify_metadata(
+        meta_file=str(root / "configs" / "metadata.json"),
+        filepath=str(schema),
+        hash_val=schema_sha256,
+        hash_type="sha256",
+    )
     passed.append("metadata format")
     if mode == "min":
         return passed
-    common = {"meta_file": str(root / "configs" / "metadata.json"), "config_file": str(root / "configs" / "inference.json"),
-              "bundle_root": str(root)}
+    common = {
+        "meta_file": str(root / "configs" / "metadata.json"),
+        "config_file": str(root / "configs" / "inference.json"),
+        "bundle_root": str(root),
+    }
     verify_net_in_out(net_id="network_def", **common)
     passed.append("data shape")
     with tempfile.TemporaryDirectory(prefix="volssl_zoo_ts_") as tmp:
-        ckpt_export(net_id="network_def", filepath=str(Path(tmp) / "verify_model.ts"),
-                    ckpt_file=str(root / "models" / "model.pt"), **common)
+        ckpt_export(
+            net_id="network_def",
+            filepath=str(Path(tmp) / "verify_model.ts"),
+            ckpt_file=str(root / "models" / "model.pt"),
+            **common,
+        )
     if (root / "models" / "model.ts").is_file():
         torch.jit.load(str(root / "models" / "model.ts"))
     passed.append("torchscript")
@@ -312,14 +350,21 @@ def pre_commit_problems(bundle_dir: str | os.PathLike, hooks: Sequence[Hook] = Z
                 continue
             rel = [f.relative_to(copy).as_posix() for f in files]
             if "text" in hook.types:
-                problems += [f"{r}: binary, but {hook.id} treats it as text and would rewrite it"
-                             for f, r in zip(files, rel) if _is_binary(f)]
-            proc = subprocess.run([_script(hook.script or hook.id), *hook.args, *rel], cwd=copy, capture_output=True, text=True)
+                problems += [
+                    f"{r}: binary, but {hook.id} treats it as text and would rewrite it"
+                    for f, r in zip(files, rel)
+                    if _is_binary(f)
+                ]
+            proc = subprocess.run(
+                [_script(hook.script or hook.id), *hook.args, *rel], cwd=copy, capture_output=True, text=True
+            )
             changed = [r for f, r in zip(files, rel) if not filecmp.cmp(f, Path(bundle_dir) / r, shallow=False)]
             if proc.returncode != 0 or changed:
                 detail = (proc.stdout + proc.stderr).strip().splitlines()
-                problems.append(f"{hook.id}: fails (exit {proc.returncode}; changed {changed or 'nothing'}): "
-                                f"{' | '.join(detail[:5])}")
+                problems.append(
+                    f"{hook.id}: fails (exit {proc.returncode}; changed {changed or 'nothing'}): "
+                    f"{' | '.join(detail[:5])}"
+                )
             for f, r in zip(files, rel):  # the next hook sees the original files, as each problem is reported
                 shutil.copy2(Path(bundle_dir) / r, f)
     return problems
@@ -347,8 +392,11 @@ def code_style_problems(bundle_dir: str | os.PathLike, paths: Sequence[str] = ("
         for tool, cmd in commands.items():
             proc = subprocess.run(cmd, cwd=bundle_dir.parent, capture_output=True, text=True)
             if proc.returncode != 0:
-                lines = [ln.replace(f"{bundle_dir}/", "") for ln in (proc.stdout + proc.stderr).splitlines()
-                         if ln.strip() and not ln.startswith(("Oh no", "All done"))]
+                lines = [
+                    ln.replace(f"{bundle_dir}/", "")
+                    for ln in (proc.stdout + proc.stderr).splitlines()
+                    if ln.strip() and not ln.startswith(("Oh no", "All done"))
+                ]
                 problems.append(f"{tool}: fails ({len(lines)} line(s)): {' | '.join(lines[:8])}")
     return problems
 

@@ -173,7 +173,11 @@ def _spatial_augmentation(
     ]
     if prob_spatial > 0:
         common = dict(
-            spatial_size=patch, prob=prob_spatial, rotate_range=rot, scale_range=scale, mode=mode,
+            spatial_size=patch,
+            prob=prob_spatial,
+            rotate_range=rot,
+            scale_range=scale,
+            mode=mode,
             padding_mode=padding_mode,
         )
         if elastic:
@@ -235,17 +239,24 @@ def pretrain_view_transform(
     keys = ensure_tuple(keys)
     return Compose(
         _spatial_augmentation(
-            keys, patch_size, prob_flip, prob_spatial, rotate_range, scale_range, elastic, elastic_spacing,
-            elastic_magnitude, isotropic_scale, mode, padding_mode,
+            keys,
+            patch_size,
+            prob_flip,
+            prob_spatial,
+            rotate_range,
+            scale_range,
+            elastic,
+            elastic_spacing,
+            elastic_magnitude,
+            isotropic_scale,
+            mode,
+            padding_mode,
         )
     )
 
 
 def pretrain_slice_transform(
-    patch_size: Sequence[int] | int = (352, 352),
-    keys: KeysCollection = (IMAGE_KEY,),
-    suffix: str = "_2",
-    **view_kwargs,
+    patch_size: Sequence[int] | int = (352, 352), keys: KeysCollection = (IMAGE_KEY,), suffix: str = "_2", **view_kwargs
 ) -> Compose:
     """The per-slice transform of contrastive pretraining: two independent views of each slice.
 
@@ -307,8 +318,18 @@ def finetune_train_transform(
     if mode is None:
         mode = tuple("nearest" if k == label_key else "bicubic" for k in keys)
     xforms = _spatial_augmentation(
-        keys, patch_size, prob_flip, prob_spatial, rotate_range, scale_range, elastic, elastic_spacing,
-        elastic_magnitude, isotropic_scale, mode, padding_mode,
+        keys,
+        patch_size,
+        prob_flip,
+        prob_spatial,
+        rotate_range,
+        scale_range,
+        elastic,
+        elastic_spacing,
+        elastic_magnitude,
+        isotropic_scale,
+        mode,
+        padding_mode,
     )
     if label_key in keys:
         xforms.append(EnsureTyped(label_key, dtype=label_dtype))

@@ -67,8 +67,10 @@ def gather_patches(
     n = len(patch)
     b = offset.shape[0]
     offset, shape, origin = offset.to(device), shape.to(device), origin.to(device)
-    grids = [torch.arange(p, device=device).view([1] + [p if i == a else 1 for i, _ in enumerate(patch)])
-             for a, p in enumerate(patch)]
+    grids = [
+        torch.arange(p, device=device).view([1] + [p if i == a else 1 for i, _ in enumerate(patch)])
+        for a, p in enumerate(patch)
+    ]
     strides = torch.ones_like(shape)
     for a in range(n - 2, -1, -1):
         strides[:, a] = strides[:, a + 1] * shape[:, a + 1]
@@ -150,7 +152,7 @@ class BatchSliceAugmentation:
         self.patch = _pair(patch_size, "patch_size")
         self.prob_spatial = float(prob_spatial)
         self.prob_flip = float(prob_flip)
-        (self.rotate_lo, self.rotate_hi), = _rotate_range(rotate_range)
+        ((self.rotate_lo, self.rotate_hi),) = _rotate_range(rotate_range)
         (lo, hi), _ = _scale_range(scale_range)
         self.scale_lo, self.scale_hi = 1.0 + lo, 1.0 + hi
         self.elastic = bool(elastic)
@@ -210,11 +212,15 @@ class BatchSliceAugmentation:
             gh, gw = self.control_grid(device).shape[1:]
             mats = []
             for n, axis in ((gh, 0), (gw, 1)):
-                impulses = torch.eye(n, device=device).view(1, n, n, 1) if axis == 0 else \
-                    torch.eye(n, device=device).view(1, n, 1, n)
+                impulses = (
+                    torch.eye(n, device=device).view(1, n, n, 1)
+                    if axis == 0
+                    else torch.eye(n, device=device).view(1, n, 1, n)
+                )
                 factor = [self.spacing[0], 1.0] if axis == 0 else [1.0, self.spacing[1]]
-                up = F.interpolate(impulses, scale_factor=factor, mode="bicubic", align_corners=False,
-                                   recompute_scale_factor=True)[0]
+                up = F.interpolate(
+                    impulses, scale_factor=factor, mode="bicubic", align_corners=False, recompute_scale_factor=True
+                )[0]
                 up = up[:, :, 0] if axis == 0 else up[:, 0, :]  # (n impulses, upsampled length)
                 size = self.patch[axis]
                 start = up.shape[1] // 2 - size // 2  # CenterSpatialCrop's start
@@ -254,8 +260,13 @@ class BatchSliceAugmentation:
         angle, scale = params["angle"].to(device).float(), params["scale"].to(device).float()
         cos, sin = torch.cos(angle), torch.sin(angle)
         # MONAI's create_rotate @ create_scale, the in-plane 2 x 2 block
-        affine = torch.stack([torch.stack([cos * scale[:, 0], -sin * scale[:, 1]], dim=1),
-                              torch.stack([sin * scale[:, 0], cos * scale[:, 1]], dim=1)], dim=1)
+        affine = torch.stack(
+            [
+                torch.stack([cos * scale[:, 0], -sin * scale[:, 1]], dim=1),
+                torch.stack([sin * scale[:, 0], cos * scale[:, 1]], dim=1),
+            ],
+            dim=1,
+        )
         points = self._pixel_grid(device).unsqueeze(0)
         if self.elastic:
             mag = params["magnitude"].to(device).float().view(-1, 1, 1, 1)
@@ -272,13 +283,16 @@ class BatchSliceAugmentation:
         chosen = params["spatial"].to(first.device).nonzero().flatten()
         if chosen.numel() == 0:
             return list(images)
-        sub = {k: (v[chosen.to(v.device)] if torch.is_tensor(v) and v.shape[:1] == params["spatial"].shape else v)
-               for k, v in params.items()}
+        sub = {
+            k: (v[chosen.to(v.device)] if torch.is_tensor(v) and v.shape[:1] == params["spatial"].shape else v)
+            for k, v in params.items()
+        }
         grid = self.grid(sub, first.device)
         out = []
         for x, mode in zip(images, modes):
-            moved = F.grid_sample(x[chosen].float(), grid, mode=mode, padding_mode=self.padding_mode,
-                                  align_corners=False).to(x.dtype)
+            moved = F.grid_sample(
+                x[chosen].float(), grid, mode=mode, padding_mode=self.padding_mode, align_corners=False
+            ).to(x.dtype)
             x = x.clone()
             x[chosen] = moved
             out.append(x)
@@ -339,8 +353,9 @@ class BatchPatchSampler3d:
         prob_flip: probability of the axis flip (``RandAxisFlipd``'s ``prob``).
     """
 
-    def __init__(self, patch_size: Sequence[int], prob_rotate: float = 0.75, max_k: int = 3,
-                 prob_flip: float = 1.0) -> None:
+    def __init__(
+        self, patch_size: Sequence[int], prob_rotate: float = 0.75, max_k: int = 3, prob_flip: float = 1.0
+    ) -> None:
         patch = tuple(int(p) for p in patch_size)
         if len(patch) != 3 or min(patch) < 1:
             raise ValueError(f"patch_size must be three positive integers, got {patch_size}")
@@ -361,7 +376,11 @@ class BatchPatchSampler3d:
         rotated = shape.clone()
         odd = (k % 2) == 1
         rotated[odd, 0], rotated[odd, 1] = shape[odd, 1], shape[odd, 0]
-        return {"k": k, "flip_axis": torch.where(flip, axis, -1), "origin": crop_origins(rotated, self.patch, generator)}
+        return {
+            "k": k,
+            "flip_axis": torch.where(flip, axis, -1),
+            "origin": crop_origins(rotated, self.patch, generator),
+        }
 
     @staticmethod
     def index_map(shape: torch.Tensor, params: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -112,8 +112,9 @@ class EpochBatches:
         g = self.generator("cpu", epoch, stream=0, shared=True)
         if self.iterations_per_epoch is not None:
             needed = self.iterations_per_epoch * self.batch_size * self.world_size
-            order = torch.cat([torch.randperm(self.num_items, generator=g)
-                               for _ in range(math.ceil(needed / self.num_items))])[:needed]
+            order = torch.cat(
+                [torch.randperm(self.num_items, generator=g) for _ in range(math.ceil(needed / self.num_items))]
+            )[:needed]
         else:
             order = torch.randperm(self.num_items, generator=g)
             if self.drop_last:
@@ -167,8 +168,7 @@ class SliceBatchLoader(EpochBatches):
     ) -> None:
         if mode not in SLICE_BATCH_MODES:
             raise ValueError(f"mode must be one of {SLICE_BATCH_MODES}, got {mode!r}")
-        super().__init__(int(cache.items.numel()), batch_size, iterations_per_epoch, drop_last, seed, rank,
-                         world_size)
+        super().__init__(int(cache.items.numel()), batch_size, iterations_per_epoch, drop_last, seed, rank, world_size)
         self.cache, self.augmentation, self.mode = cache, augmentation, mode
         self.device = torch.device(device) if device is not None else cache.device
         self.shared_augmentation = bool(shared_augmentation)
@@ -204,8 +204,9 @@ class SliceBatchLoader(EpochBatches):
             table[i, : len(c)] = c
         self._partners = torch.as_tensor(table, device=cache.offset.device)
         self._partner_counts = torch.as_tensor([len(c) for c in lists], device=cache.offset.device)
-        message = sparse_volume_message([np.asarray(kept[v]) for v in sorted(kept)],
-                                        [max_offsets[v] for v in sorted(kept)], self.pair_threshold)
+        message = sparse_volume_message(
+            [np.asarray(kept[v]) for v in sorted(kept)], [max_offsets[v] for v in sorted(kept)], self.pair_threshold
+        )
         if message:
             import warnings
 
@@ -227,8 +228,10 @@ class SliceBatchLoader(EpochBatches):
             labels.append(True)
         if params is None:
             params = self.augmentation.sample(size, generator)
-        return self.augmentation(buffers, cache.offset[slices], size, params=params, labels=labels,
-                                 device=self.device), params
+        return (
+            self.augmentation(buffers, cache.offset[slices], size, params=params, labels=labels, device=self.device),
+            params,
+        )
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         cache = self.cache
@@ -288,8 +291,7 @@ class PatchBatchLoader(EpochBatches):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        super().__init__(len(cache), batch_size, iterations_per_epoch, drop_last, seed * 31 + stream, rank,
-                         world_size)
+        super().__init__(len(cache), batch_size, iterations_per_epoch, drop_last, seed * 31 + stream, rank, world_size)
         self.cache, self.sampler = cache, sampler
         self.device = torch.device(device) if device is not None else cache.device
         self.has_label = cache.label_key in cache.buffers

@@ -36,11 +36,11 @@ from .datalist import (
     LABEL_KEY,
     ROLES,
     case_id,
-    read_json,
     check_case_files,
     check_label_values,
     load_datalist,
     num_classes_of,
+    read_json,
     resolve_role,
     save_datalist,
 )
@@ -180,7 +180,7 @@ def _relabel_split_error(err: VolsslInputError, path) -> VolsslInputError:
 def _msd_labels(labels, source) -> dict[str, str]:
     """MSD ``labels`` as ``{"0": name, ...}``; the nnU-Net v2 form ``{name: index}`` is inverted."""
     if not isinstance(labels, Mapping) or not labels:
-        raise VolsslInputError(source, "'labels' is missing or empty; expected e.g. {\"0\": \"background\", ...}")
+        raise VolsslInputError(source, '\'labels\' is missing or empty; expected e.g. {"0": "background", ...}')
     if all(isinstance(v, int) for v in labels.values()) and not all(str(k).isdigit() for k in labels):
         return {str(v): str(k) for k, v in sorted(labels.items(), key=lambda kv: kv[1])}
     return {str(k): str(v) for k, v in labels.items()}
@@ -645,7 +645,9 @@ def _nifti_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
 
 
-def unlisted_files(listed_images: Sequence, listed_labels: Sequence, folders: Sequence[Path] = ()) -> list[tuple[str, str]]:
+def unlisted_files(
+    listed_images: Sequence, listed_labels: Sequence, folders: Sequence[Path] = ()
+) -> list[tuple[str, str]]:
     """``(file, problem)`` for every image next to the listed ones (or in ``folders``) that no entry lists, and for
     every label file whose case has no image at all (an orphan label).
 
@@ -659,7 +661,8 @@ def unlisted_files(listed_images: Sequence, listed_labels: Sequence, folders: Se
     search = sorted({p.parent for p in images | labels} | set(extra))
     files = {folder: _nifti_files(folder) for folder in search}
     image_cases = {case_id(p) for p in images} | {
-        case_id(p) for folder, paths in files.items() if folder not in label_folders for p in paths}
+        case_id(p) for folder, paths in files.items() if folder not in label_folders for p in paths
+    }
     found: list[tuple[str, str]] = []
     for folder, paths in files.items():
         for path in paths:

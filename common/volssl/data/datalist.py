@@ -67,7 +67,9 @@ def _normalise_entry(entry, where: str) -> dict:
     if isinstance(entry, str):
         return {IMAGE_KEY: entry}
     if not isinstance(entry, Mapping) or IMAGE_KEY not in entry:
-        raise VolsslInputError(where, f"each entry must be an image path or a dict with an '{IMAGE_KEY}' key, got {entry!r}")
+        raise VolsslInputError(
+            where, f"each entry must be an image path or a dict with an '{IMAGE_KEY}' key, got {entry!r}"
+        )
     return dict(entry)
 
 
@@ -87,7 +89,7 @@ def validate_datalist(datalist: Mapping, source="datalist", require=("training",
     labels = out.get("labels")
     if labels is not None:
         if not isinstance(labels, Mapping) or not labels:
-            raise VolsslInputError(source, "'labels' must map class indices to names, e.g. {\"0\": \"background\"}")
+            raise VolsslInputError(source, '\'labels\' must map class indices to names, e.g. {"0": "background"}')
         try:
             idx = sorted(int(k) for k in labels)
         except ValueError as err:
@@ -286,8 +288,10 @@ def inference_inputs(source, role: str = "test") -> list[dict]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
         entries = [{IMAGE_KEY: str(p.absolute())} for p in files]  # absolute, not resolved: names as the user sees them
-        entries += [{IMAGE_KEY: str(folder.absolute()), "case": dicom_case_name(path, folder)}
-                    for folder in dicom_case_folders(path)]
+        entries += [
+            {IMAGE_KEY: str(folder.absolute()), "case": dicom_case_name(path, folder)}
+            for folder in dicom_case_folders(path)
+        ]
         if not entries:
             raise VolsslInputError(path, "no .nii or .nii.gz file and no DICOM file in this folder or below it")
         return entries

@@ -63,12 +63,22 @@ def _find(studies: Path):
 def _merge_names(names: dict[int, str], found: Mapping[int, str], seg_path) -> None:
     for number, name in found.items():
         if names.setdefault(number, name) != name:
-            raise VolsslInputError(seg_path, f"segment {number} is '{name}' here but '{names[number]}' in another SEG: "
-                                             "every SEG of one data set must number its structures alike")
+            raise VolsslInputError(
+                seg_path,
+                f"segment {number} is '{name}' here but '{names[number]}' in another SEG: "
+                "every SEG of one data set must number its structures alike",
+            )
 
 
-def dicom_to_datalist(studies_dir, output_dir, n_labeled: int | None = None, n_val: int = 0, n_test: int = 0,
-                      seed: int = 0, progress: bool = True) -> tuple[dict, list[tuple[str, str]]]:
+def dicom_to_datalist(
+    studies_dir,
+    output_dir,
+    n_labeled: int | None = None,
+    n_val: int = 0,
+    n_test: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[dict, list[tuple[str, str]]]:
     """Convert the DICOM series (and their SEG labels) under ``studies_dir`` into ``output_dir/imagesTr``,
     ``output_dir/labelsTr`` (NIfTI on each series' grid) and ``output_dir/datalist.json``.
 
@@ -110,8 +120,10 @@ def dicom_to_datalist(studies_dir, output_dir, n_labeled: int | None = None, n_v
         refs = segs.get(series.uid, [])
         used_segs.update(refs)
         if len(refs) > 1:
-            problem = (f"{len(refs)} SEG objects reference series {series.uid} ({', '.join(str(p) for p in refs)}): "
-                       "kept as unlabelled; keep one SEG")
+            problem = (
+                f"{len(refs)} SEG objects reference series {series.uid} ({', '.join(str(p) for p in refs)}): "
+                "kept as unlabelled; keep one SEG"
+            )
             warnings.append((str(folder), problem))
         elif refs:
             try:
@@ -133,8 +145,11 @@ def dicom_to_datalist(studies_dir, output_dir, n_labeled: int | None = None, n_v
                 problem = f"SEG of series {ref or '(none named)'}, which is not among the converted series: left out"
                 warnings.append((str(path), problem))
     if not labelled and not unlabelled:
-        raise VolsslInputError(studies, f"no series passed its checks ({len(warnings)} problem(s), the first: "
-                                        f"{warnings[0][0]}: {warnings[0][1]})")
+        raise VolsslInputError(
+            studies,
+            f"no series passed its checks ({len(warnings)} problem(s), the first: "
+            f"{warnings[0][0]}: {warnings[0][1]})",
+        )
     n_train = len(labelled) - n_val - n_test if n_labeled is None else n_labeled
     if n_train < 0:
         raise VolsslInputError(

@@ -212,9 +212,7 @@ class SlicePairDataset(SliceDataset, Randomizable):
         if message:
             warnings.warn(f"SlicePairDataset {message}", stacklevel=3)
 
-    def set_random_state(
-        self, seed: int | None = None, state: np.random.RandomState | None = None
-    ) -> SlicePairDataset:
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> SlicePairDataset:
         """Seed the partner draws and ``slice_transform`` (called by MONAI's ``DataLoader`` through ``set_rnd``).
 
         With ``seed``, the partner RNG gets ``seed`` and ``slice_transform`` a seed drawn from it (so the two streams

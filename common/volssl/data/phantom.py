@@ -64,8 +64,16 @@ PARAMS_KEY = "phantom_parameters"
 _CASE_RE = re.compile(r"^phantom_(\d+)\.nii\.gz$")
 
 # tissue intensities (before gain and bias), subject jitter is added to each
-_TISSUE_MEAN = {"air": 0.0, "body": 0.42, "fat": 0.90, "fluid": 0.97, "vessel": 0.07, "shell": 0.64, "core": 0.18,
-                "tail": 0.80}
+_TISSUE_MEAN = {
+    "air": 0.0,
+    "body": 0.42,
+    "fat": 0.90,
+    "fluid": 0.97,
+    "vessel": 0.07,
+    "shell": 0.64,
+    "core": 0.18,
+    "tail": 0.80,
+}
 _TISSUE_JITTER = 0.035
 
 
@@ -155,8 +163,10 @@ def _draw_subject(rng: np.random.Generator) -> dict:
     s["deform_u"] = _modes(rng, 6, 0.25, 0.7, rng.uniform(0.03, 0.05))
     s["deform_v"] = _modes(rng, 6, 0.25, 0.7, rng.uniform(0.03, 0.05))
     s["deform_z"] = _modes(rng, 4, 0.25, 0.6, 0.015)
-    s["tissue"] = {k: max(0.0, m + rng.uniform(-_TISSUE_JITTER, _TISSUE_JITTER)) if k != "air" else 0.0
-                   for k, m in _TISSUE_MEAN.items()}
+    s["tissue"] = {
+        k: max(0.0, m + rng.uniform(-_TISSUE_JITTER, _TISSUE_JITTER)) if k != "air" else 0.0
+        for k, m in _TISSUE_MEAN.items()
+    }
     s["texture"] = _modes(rng, 8, 1.5, 4.0, rng.uniform(0.02, 0.035))
     s["bias"] = _modes(rng, 4, 0.1, 0.45, rng.uniform(0.1, 0.2))
     s["bias_gradient"] = rng.uniform(-0.12, 0.12, 3)
@@ -208,9 +218,12 @@ def _render(
     def lobes(direction: np.ndarray) -> np.ndarray:
         """1 + sum_k a_k cos(k theta + phase_k) for the unit complex numbers ``direction`` = exp(i theta)."""
         d2 = direction * direction
-        return 1.0 + amps[0] * (cis[0] * d2).real + amps[1] * (cis[1] * d2 * direction).real + amps[2] * (
-            cis[2] * d2 * d2
-        ).real
+        return (
+            1.0
+            + amps[0] * (cis[0] * d2).real
+            + amps[1] * (cis[1] * d2 * direction).real
+            + amps[2] * (cis[2] * d2 * d2).real
+        )
 
     radius = np.abs(q)
     rho = radius / lobes(q / np.maximum(radius, 1e-9))  # the ring's radial coordinate
@@ -361,8 +374,13 @@ def write_phantom_dataset(
     n, seed = int(n), int(seed)
     shape = _check_shape(shape)
     spacing = _resolve_spacing(spacing, anisotropic)
-    params = {"generator": "volssl.data.phantom", "version": GENERATOR_VERSION, "seed": seed, "shape": list(shape),
-              "spacing": list(spacing)}
+    params = {
+        "generator": "volssl.data.phantom",
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "shape": list(shape),
+        "spacing": list(spacing),
+    }
 
     out = Path(output_dir)
     json_path = out / "dataset.json"
@@ -487,11 +505,18 @@ def save_phantom_preview(
     axes = fig.subplots(2, len(zs) + 1, squeeze=False)
 
     def show(ax, img2d, lab2d, aspect, overlay):
-        ax.imshow(img2d.T, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", aspect=aspect,
-                  interpolation="nearest")
+        ax.imshow(img2d.T, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", aspect=aspect, interpolation="nearest")
         if overlay:
-            ax.imshow(np.ma.masked_equal(lab2d.T, 0), cmap=colours, vmin=0.5, vmax=colours.N + 0.5, alpha=0.45,
-                      origin="lower", aspect=aspect, interpolation="nearest")
+            ax.imshow(
+                np.ma.masked_equal(lab2d.T, 0),
+                cmap=colours,
+                vmin=0.5,
+                vmax=colours.N + 0.5,
+                alpha=0.45,
+                origin="lower",
+                aspect=aspect,
+                interpolation="nearest",
+            )
         ax.set_xticks([])
         ax.set_yticks([])
 

@@ -266,11 +266,7 @@ class TwoViewsd(Randomizable, MapTransform):
     """
 
     def __init__(
-        self,
-        keys: KeysCollection,
-        view_transform: Callable,
-        suffix: str = "_2",
-        allow_missing_keys: bool = False,
+        self, keys: KeysCollection, view_transform: Callable, suffix: str = "_2", allow_missing_keys: bool = False
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if not callable(view_transform):
@@ -379,7 +375,13 @@ def volume_transform(
         lo, hi = (float(p) for p in percentiles)
         xforms.append(
             ScaleIntensityRangePercentilesd(
-                image_keys, lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True, channel_wise=True,
+                image_keys,
+                lower=lo,
+                upper=hi,
+                b_min=0.0,
+                b_max=1.0,
+                clip=True,
+                channel_wise=True,
                 allow_missing_keys=amk,
             )
         )

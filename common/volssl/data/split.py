@@ -59,7 +59,8 @@ def make_split(
     need = n_labeled + n_val + n_test + (n_unlabeled or 0)
     if need > len(keys):
         raise VolsslInputError(
-            "split", f"asked for {need} groups (labelled {n_labeled}, validation {n_val}, test {n_test}) but only {len(keys)} exist"
+            "split",
+            f"asked for {need} groups (labelled {n_labeled}, validation {n_val}, test {n_test}) but only {len(keys)} exist",
         )
     order = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
     cut = np.cumsum([n_test, n_val, n_labeled])

@@ -59,7 +59,9 @@ class _NamedErrors:
             if isinstance(cause, VolsslInputError):
                 raise cause from None
             where = next((str(entry[k]) for k in self.keys if isinstance(entry.get(k), (str, os.PathLike))), "entry")
-            raise VolsslInputError(where, f"cannot load or preprocess the volume: {type(cause).__name__}: {cause}") from err
+            raise VolsslInputError(
+                where, f"cannot load or preprocess the volume: {type(cause).__name__}: {cause}"
+            ) from err
 
 
 def _unwrap_input_error(err: BaseException) -> BaseException:
@@ -90,8 +92,12 @@ def cache_volumes(
         raise VolsslInputError("data", f"no volumes to cache (an empty datalist role?) for keys {list(keys)}")
     try:
         dataset = CacheDataset(
-            list(data), transform=_NamedErrors(volume_transform, keys), cache_rate=1.0,
-            num_workers=max(1, int(num_workers)), progress=progress, copy_cache=False,
+            list(data),
+            transform=_NamedErrors(volume_transform, keys),
+            cache_rate=1.0,
+            num_workers=max(1, int(num_workers)),
+            progress=progress,
+            copy_cache=False,
         )
         items = [dataset[i] for i in range(len(dataset))]
     except Exception as err:
@@ -111,7 +117,9 @@ def cache_volumes(
     return out
 
 
-def storage_device(device: torch.device | str, nbytes: int, max_device_fraction: float = 0.5) -> tuple[torch.device, bool]:
+def storage_device(
+    device: torch.device | str, nbytes: int, max_device_fraction: float = 0.5
+) -> tuple[torch.device, bool]:
     """Where a cache of ``nbytes`` lives: ``(device, pin)``.
 
     CUDA: the GPU when ``nbytes <= max_device_fraction * free memory``, else the host with ``pin=True``; any other

@@ -37,5 +37,12 @@ from .epoch_seed import EpochSeed  # noqa: E402
 from .precision import Precision, cpu_has_native_bf16, to_channels_last  # noqa: E402
 from .steps import EvaluationStep, SupervisedStep, TrainingStep  # noqa: E402
 
-__all__ += ["EpochSeed", "EvaluationStep", "Precision", "SupervisedStep", "TrainingStep", "cpu_has_native_bf16",
-            "to_channels_last"]
+__all__ += [
+    "EpochSeed",
+    "EvaluationStep",
+    "Precision",
+    "SupervisedStep",
+    "TrainingStep",
+    "cpu_has_native_bf16",
+    "to_channels_last",
+]

@@ -101,8 +101,10 @@ class EarlyStopOnPlateau:
         self.counter += 1
         if self.counter >= self.patience:
             self.stopped_epoch = int(engine.state.epoch)
-            self.logger.info(f"epoch {self.stopped_epoch}: early stop, no {self.metric_name} improvement in "
-                             f"{self.counter} validations (best {self.best_metric:.4f})")
+            self.logger.info(
+                f"epoch {self.stopped_epoch}: early stop, no {self.metric_name} improvement in "
+                f"{self.counter} validations (best {self.best_metric:.4f})"
+            )
             engine.terminate()
 
     def state_dict(self) -> dict:

@@ -15,8 +15,14 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
-__all__ = ["BestModelSaver", "EpochProgress", "EpochSnapshotSaver", "LearningCurveWriter", "ResumeFromLatest",
-           "latest_checkpoint"]
+__all__ = [
+    "BestModelSaver",
+    "EpochProgress",
+    "EpochSnapshotSaver",
+    "LearningCurveWriter",
+    "ResumeFromLatest",
+    "latest_checkpoint",
+]
 
 _EPOCH_RE = re.compile(r"epoch=(\d+)")
 
@@ -118,9 +124,7 @@ class ResumeFromLatest:
             self._set_aside("resume disabled")
         if self.keep_only_latest:
             # at STARTED every handler of the config is attached, so this one runs after the CheckpointSaver
-            engine.add_event_handler(
-                Events.STARTED, lambda e: e.add_event_handler(Events.EPOCH_COMPLETED, self._prune)
-            )
+            engine.add_event_handler(Events.STARTED, lambda e: e.add_event_handler(Events.EPOCH_COMPLETED, self._prune))
         path, content = self._newest_readable() if self.enabled else (None, None)
         progress = _progress(content)
         if path is not None and progress is not None:
@@ -141,8 +145,10 @@ class ResumeFromLatest:
         if absent:
             # a checkpoint written before a config gained a resumable object (e.g. a second best-model saver):
             # the objects it has are restored, the new ones start fresh
-            self.logger.warning(f"{path.name} holds no state for {absent} (written by an earlier version of the "
-                                "config): those start fresh, the rest is resumed")
+            self.logger.warning(
+                f"{path.name} holds no state for {absent} (written by an earlier version of the "
+                "config): those start fresh, the rest is resumed"
+            )
             load_dict = {key: obj for key, obj in load_dict.items() if key not in absent}
         CheckpointLoader(
             load_path=str(path), load_dict=load_dict, map_location=self.map_location, strict=self.strict
@@ -207,8 +213,9 @@ class BestModelSaver:
         os.replace(tmp, self.save_path)
         which = f"{self.network_name}, " if self.network_name else ""
         rule = "last" if self.mode == "last" else "best"
-        self.logger.info(f"epoch {int(engine.state.epoch)}: {which}{rule} {self.metric_name} {value:.4f}, "
-                         f"saved {self.save_path}")
+        self.logger.info(
+            f"epoch {int(engine.state.epoch)}: {which}{rule} {self.metric_name} {value:.4f}, saved {self.save_path}"
+        )
 
     def state_dict(self) -> dict:
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}
@@ -259,16 +266,19 @@ class EpochSnapshotSaver:
     def _check(self, engine: Engine) -> None:
         late = [e for e in self.epochs if e > engine.state.max_epochs]
         if late:
-            raise ValueError(f"snapshot epoch(s) {late} beyond the run's {engine.state.max_epochs} epochs: raise the "
-                             "number of epochs or drop them")
+            raise ValueError(
+                f"snapshot epoch(s) {late} beyond the run's {engine.state.max_epochs} epochs: raise the "
+                "number of epochs or drop them"
+            )
 
     def __call__(self, engine: Engine) -> None:
         epoch = int(engine.state.epoch)
         if epoch not in self.epochs or _rank() > 0:
             return
         target = self.path(epoch)
-        state = {name: (obj.module if hasattr(obj, "module") else obj).state_dict()
-                 for name, obj in self.save_dict.items()}
+        state = {
+            name: (obj.module if hasattr(obj, "module") else obj).state_dict() for name, obj in self.save_dict.items()
+        }
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".tmp_{target.name}")
         torch.save(state, tmp)
@@ -441,8 +451,10 @@ class EpochProgress:
         epoch, total = int(engine.state.epoch), int(engine.state.max_epochs)
         losses = " ".join(f"{k} {float(v) / max(self._count, 1):.4f}" for k, v in self._sums.items()) or "no loss"
         left = _duration(seconds * (total - epoch))
-        self.logger.info(f"{self.name} epoch {epoch}/{total}: {losses}{self._validation(epoch)} | "
-                         f"{seconds:.1f} s/epoch, {left} left")
+        self.logger.info(
+            f"{self.name} epoch {epoch}/{total}: {losses}{self._validation(epoch)} | "
+            f"{seconds:.1f} s/epoch, {left} left"
+        )
 
 
 def _duration(seconds: float) -> str:

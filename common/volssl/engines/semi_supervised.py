@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
-
 from volssl.data.strong_aug import StrongView3d
 from volssl.losses.crln import ConfidenceWeightedCELoss, CPSLoss, CRLNSupervisedLoss, as_label_map
 
@@ -360,7 +359,8 @@ class CRLNStep(TrainingStep):
                 ids = [device] if device.type == "cuda" else None
                 forward = DistributedDataParallel(forward, device_ids=ids, find_unused_parameters=True)
                 logging.getLogger("volssl.crln").info(
-                    f"student forwards in DistributedDataParallel over {torch.distributed.get_world_size()} processes")
+                    f"student forwards in DistributedDataParallel over {torch.distributed.get_world_size()} processes"
+                )
             self._forward = forward
         return self._forward
 
@@ -427,14 +427,17 @@ class CRLNStep(TrainingStep):
         ema_update_(teacher, student, iteration, self.ema_max_decay)
 
         a = getattr(student, "a", None)
-        return self.finish(engine, {
-            # the labelled batch's logits and label, for the trainer's postprocessing and key metric (train Dice)
-            "pred": y_l.detach(),
-            "label": g.unsqueeze(1),
-            "loss": loss.detach(),
-            "sup": sup.detach(),
-            "unsup": unsup.detach(),
-            "cps": cps.detach(),
-            "a": a.detach().clone() if isinstance(a, torch.Tensor) else zero,
-            "unsup_weight": torch.tensor(unsup_weight, device=device),
-        })
+        return self.finish(
+            engine,
+            {
+                # the labelled batch's logits and label, for the trainer's postprocessing and key metric (train Dice)
+                "pred": y_l.detach(),
+                "label": g.unsqueeze(1),
+                "loss": loss.detach(),
+                "sup": sup.detach(),
+                "unsup": unsup.detach(),
+                "cps": cps.detach(),
+                "a": a.detach().clone() if isinstance(a, torch.Tensor) else zero,
+                "unsup_weight": torch.tensor(unsup_weight, device=device),
+            },
+        )

@@ -127,8 +127,9 @@ class SupervisedStep(TrainingStep):
         loss = engine.loss_function(pred, label).mean()
         engine.state.output[Keys.LOSS] = loss
         self.update(engine, loss)
-        return self.finish(engine, {Keys.IMAGE: image, Keys.LABEL: label, Keys.PRED: pred.detach(),
-                                    Keys.LOSS: loss.detach()})
+        return self.finish(
+            engine, {Keys.IMAGE: image, Keys.LABEL: label, Keys.PRED: pred.detach(), Keys.LOSS: loss.detach()}
+        )
 
 
 class EvaluationStep(TrainingStep):
@@ -139,8 +140,9 @@ class EvaluationStep(TrainingStep):
     ``engine.state.output`` is ``{"image", "label", "pred"}`` as with MONAI's evaluator iteration.
     """
 
-    def __init__(self, precision: Precision | None = None, image_key: str = Keys.IMAGE,
-                 label_key: str = Keys.LABEL) -> None:
+    def __init__(
+        self, precision: Precision | None = None, image_key: str = Keys.IMAGE, label_key: str = Keys.LABEL
+    ) -> None:
         super().__init__(precision, channels_last=False)
         self.image_key = image_key
         self.label_key = label_key

@@ -54,16 +54,41 @@ NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.104.": "encapsulated document (PDF, CDA)",
     "1.2.840.10008.1.3.10": "DICOMDIR (media directory)",
 }
-NON_IMAGE_MODALITIES = {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "REG", "DOC", "FID",
-                        "PLAN"}
+NON_IMAGE_MODALITIES = {
+    "SEG",
+    "SR",
+    "RTSTRUCT",
+    "RTPLAN",
+    "RTDOSE",
+    "RTRECORD",
+    "PR",
+    "KO",
+    "REG",
+    "DOC",
+    "FID",
+    "PLAN",
+}
 POSITION_TOL_MM = 0.01  # two slices closer than this along the normal are one position (a duplicate slice)
 SPACING_TOL = 0.05  # slice gaps may differ from their median by this fraction (rounding in the headers)
 MISSING_FACTOR = 1.5  # a gap this many times the median is a missing slice
 ORIENTATION_TOL = 1e-4
 # header fields read from every file (pydicom keywords); pixel data is never read here
-_FIELDS = ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription",
-           "SeriesNumber", "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
-           "Rows", "Columns", "NumberOfFrames")
+_FIELDS = (
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "Modality",
+    "SeriesDescription",
+    "SeriesNumber",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+)
 
 
 def is_dicom_file(path) -> bool:
@@ -85,8 +110,11 @@ def dicom_files(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.name.upper() != MEDIA_DIRECTORY and is_dicom_file(p))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.upper() != MEDIA_DIRECTORY and is_dicom_file(p)
+    )
 
 
 def dicom_case_folders(root) -> list[Path]:
@@ -160,8 +188,9 @@ def read_instance(path) -> DicomInstance:
 
     path = Path(path)
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=list(_FIELDS) + [
-            "ReferencedSeriesSequence"])
+        ds = pydicom.dcmread(
+            str(path), stop_before_pixels=True, specific_tags=list(_FIELDS) + ["ReferencedSeriesSequence"]
+        )
     except Exception as err:  # pydicom raises several types for damaged files
         raise VolsslInputError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from err
 
@@ -170,8 +199,11 @@ def read_instance(path) -> DicomInstance:
 
     if not get("SOPInstanceUID") or not get("SeriesInstanceUID"):
         raise VolsslInputError(path, "DICOM file without SOPInstanceUID or SeriesInstanceUID")
-    referenced = [str(item.SeriesInstanceUID) for item in (get("ReferencedSeriesSequence") or [])
-                  if getattr(item, "SeriesInstanceUID", None)]
+    referenced = [
+        str(item.SeriesInstanceUID)
+        for item in (get("ReferencedSeriesSequence") or [])
+        if getattr(item, "SeriesInstanceUID", None)
+    ]
     return DicomInstance(
         path=path,
         sop_instance_uid=str(get("SOPInstanceUID")),
@@ -276,8 +308,11 @@ def select_series(folder, series_uid=None) -> tuple[DicomSeries, list[str]]:
         raise VolsslInputError(folder, f"no image series to segment, only objects that are not images: {listing}")
     if len(images) > 1:
         listing = "; ".join(s.describe() for s in images)
-        hint = ("none of them is the given series_uid" if wanted else
-                "one series per case: move each series into a folder of its own, or pick one with --series_uid UID")
+        hint = (
+            "none of them is the given series_uid"
+            if wanted
+            else "one series per case: move each series into a folder of its own, or pick one with --series_uid UID"
+        )
         raise VolsslInputError(folder, f"{len(images)} image series in one folder ({listing}): {hint}")
     return images[0], notes
 
@@ -304,22 +339,31 @@ def _position_problems(folder, series: DicomSeries, ordered, offsets: np.ndarray
     close = np.flatnonzero(gaps < POSITION_TOL_MM)
     if close.size:
         i = int(close[0])
-        raise VolsslInputError(folder, f"duplicate slices: {names[i]} and {names[i + 1]} lie at the same position "
-                                       f"({offsets[i]:.3f} mm along the slice normal) in series {series.uid}; "
-                                       f"{close.size} such pair(s)")
+        raise VolsslInputError(
+            folder,
+            f"duplicate slices: {names[i]} and {names[i + 1]} lie at the same position "
+            f"({offsets[i]:.3f} mm along the slice normal) in series {series.uid}; "
+            f"{close.size} such pair(s)",
+        )
     median = float(np.median(gaps))
     missing = np.flatnonzero(gaps > MISSING_FACTOR * median)
     if missing.size:
         i = int(missing[0])
         count = round(float(gaps[i]) / median) - 1
-        raise VolsslInputError(folder, f"missing slice(s): a gap of {gaps[i]:.3f} mm between {names[i]} and "
-                                       f"{names[i + 1]} where the other slices are {median:.3f} mm apart (about "
-                                       f"{count} slice(s) missing) in series {series.uid}; "
-                                       f"{missing.size} such gap(s)")
+        raise VolsslInputError(
+            folder,
+            f"missing slice(s): a gap of {gaps[i]:.3f} mm between {names[i]} and "
+            f"{names[i + 1]} where the other slices are {median:.3f} mm apart (about "
+            f"{count} slice(s) missing) in series {series.uid}; "
+            f"{missing.size} such gap(s)",
+        )
     if float(gaps.max() - gaps.min()) > SPACING_TOL * median:
-        raise VolsslInputError(folder, f"uneven slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm "
-                                       f"(median {median:.3f}) in series {series.uid}; ITK would place the slices on "
-                                       "a regular grid, misplacing some: resample the series first")
+        raise VolsslInputError(
+            folder,
+            f"uneven slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm "
+            f"(median {median:.3f}) in series {series.uid}; ITK would place the slices on "
+            "a regular grid, misplacing some: resample the series first",
+        )
 
 
 def check_series(series: DicomSeries, folder=None) -> SeriesGeometry:
@@ -339,8 +383,11 @@ def check_series(series: DicomSeries, folder=None) -> SeriesGeometry:
         raise VolsslInputError(folder, f"not an image: {series.describe()}")
     multi = [i for i in instances if i.frames > 1]
     if multi:
-        raise VolsslInputError(folder, f"{multi[0].path.name} is a multi-frame image ({multi[0].frames} frames): only "
-                                       "classic single-frame series are read; export the series as one file per slice")
+        raise VolsslInputError(
+            folder,
+            f"{multi[0].path.name} is a multi-frame image ({multi[0].frames} frames): only "
+            "classic single-frame series are read; export the series as one file per slice",
+        )
     if len(instances) < 2:
         raise VolsslInputError(folder, f"series {series.uid} has a single slice (a 2D image); expected a 3D series")
     uids = [i.sop_instance_uid for i in instances]
@@ -348,25 +395,38 @@ def check_series(series: DicomSeries, folder=None) -> SeriesGeometry:
         seen: dict[str, Path] = {}
         for inst in instances:
             if inst.sop_instance_uid in seen:
-                raise VolsslInputError(folder, f"duplicate slices: {seen[inst.sop_instance_uid].name} and "
-                                               f"{inst.path.name} are the same instance {inst.sop_instance_uid}")
+                raise VolsslInputError(
+                    folder,
+                    f"duplicate slices: {seen[inst.sop_instance_uid].name} and "
+                    f"{inst.path.name} are the same instance {inst.sop_instance_uid}",
+                )
             seen[inst.sop_instance_uid] = inst.path
     lacking = [i for i in instances if i.position is None or i.orientation is None or i.pixel_spacing is None]
     if lacking:
-        raise VolsslInputError(folder, f"{lacking[0].path.name}: no ImagePositionPatient, ImageOrientationPatient or "
-                                       f"PixelSpacing, so the slices cannot be placed ({len(lacking)} such file(s))")
+        raise VolsslInputError(
+            folder,
+            f"{lacking[0].path.name}: no ImagePositionPatient, ImageOrientationPatient or "
+            f"PixelSpacing, so the slices cannot be placed ({len(lacking)} such file(s))",
+        )
     first = instances[0]
     for inst in instances[1:]:
         if not np.allclose(inst.orientation, first.orientation, atol=ORIENTATION_TOL):
-            raise VolsslInputError(folder, f"{inst.path.name} has another orientation than {first.path.name} "
-                                           f"({inst.orientation} vs {first.orientation}): one series, several stacks "
-                                           "(e.g. a localizer); split it")
+            raise VolsslInputError(
+                folder,
+                f"{inst.path.name} has another orientation than {first.path.name} "
+                f"({inst.orientation} vs {first.orientation}): one series, several stacks "
+                "(e.g. a localizer); split it",
+            )
         if (inst.rows, inst.columns) != (first.rows, first.columns):
-            raise VolsslInputError(folder, f"{inst.path.name} is {inst.rows} x {inst.columns} pixels, "
-                                           f"{first.path.name} {first.rows} x {first.columns}")
+            raise VolsslInputError(
+                folder,
+                f"{inst.path.name} is {inst.rows} x {inst.columns} pixels, "
+                f"{first.path.name} {first.rows} x {first.columns}",
+            )
         if not np.allclose(inst.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-5):
             raise VolsslInputError(
-                folder, f"{inst.path.name} has pixel spacing {inst.pixel_spacing}, {first.path.name} {first.pixel_spacing}"
+                folder,
+                f"{inst.path.name} has pixel spacing {inst.pixel_spacing}, {first.path.name} {first.pixel_spacing}",
             )
     row_dir = np.asarray(first.orientation[:3])  # direction of increasing column index
     col_dir = np.asarray(first.orientation[3:])  # direction of increasing row index
@@ -380,9 +440,12 @@ def check_series(series: DicomSeries, folder=None) -> SeriesGeometry:
     gap = float(np.median(np.diff(offsets)))
     drift = positions - positions[0] - np.outer(offsets - offsets[0], normal)
     if float(np.abs(drift).max()) > max(POSITION_TOL_MM, SPACING_TOL * gap):
-        raise VolsslInputError(folder, f"the slices of series {series.uid} are not stacked along their normal (shifted "
-                                       f"in-plane by up to {np.abs(drift).max():.3f} mm: gantry tilt or a sheared "
-                                       "stack); resample the series first")
+        raise VolsslInputError(
+            folder,
+            f"the slices of series {series.uid} are not stacked along their normal (shifted "
+            f"in-plane by up to {np.abs(drift).max():.3f} mm: gantry tilt or a sheared "
+            "stack); resample the series first",
+        )
     row_spacing, col_spacing = first.pixel_spacing  # PixelSpacing: between rows, then between columns
     lps = np.eye(4)
     lps[:3, 0] = row_dir * col_spacing
@@ -485,7 +548,10 @@ def read_series(folder, series_uid=None) -> tuple[np.ndarray, np.ndarray, Series
     array = np.asarray(array)
     affine = np.asarray(meta["affine"], dtype=np.float64)
     if tuple(array.shape) != geometry.shape or not np.allclose(affine, geometry.affine, atol=1e-3):
-        raise VolsslInputError(folder, f"ITK read series {series.uid} as {tuple(array.shape)} voxels with affine "
-                                       f"{np.round(affine, 3).tolist()}, but its slice headers say {geometry.shape} "
-                                       f"and {np.round(geometry.affine, 3).tolist()}")
+        raise VolsslInputError(
+            folder,
+            f"ITK read series {series.uid} as {tuple(array.shape)} voxels with affine "
+            f"{np.round(affine, 3).tolist()}, but its slice headers say {geometry.shape} "
+            f"and {np.round(geometry.affine, 3).tolist()}",
+        )
     return array, affine, geometry, notes

@@ -27,8 +27,15 @@ __all__ = ["SEG_SOP_CLASS", "read_segmentation", "segment_names", "write_segment
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
-def write_segmentation(label: np.ndarray, geometry: SeriesGeometry, names: Mapping[int, str], path,
-                       algorithm: str = "volssl", version: str = "0", series_description: str | None = None) -> Path:
+def write_segmentation(
+    label: np.ndarray,
+    geometry: SeriesGeometry,
+    names: Mapping[int, str],
+    path,
+    algorithm: str = "volssl",
+    version: str = "0",
+    series_description: str | None = None,
+) -> Path:
     """Write ``label`` (integer classes, ``(x, y, z)`` on ``geometry``'s grid) as a DICOM SEG at ``path``,
     atomically.
 
@@ -115,8 +122,10 @@ def segment_names(seg_path) -> dict[int, str]:
     import pydicom
 
     ds = pydicom.dcmread(str(seg_path), stop_before_pixels=True)
-    return {int(s.SegmentNumber): str(getattr(s, "SegmentLabel", f"segment {s.SegmentNumber}"))
-            for s in getattr(ds, "SegmentSequence", [])}
+    return {
+        int(s.SegmentNumber): str(getattr(s, "SegmentLabel", f"segment {s.SegmentNumber}"))
+        for s in getattr(ds, "SegmentSequence", [])
+    }
 
 
 def read_segmentation(seg_path, geometry: SeriesGeometry) -> tuple[np.ndarray, dict[int, str]]:
@@ -138,15 +147,17 @@ def read_segmentation(seg_path, geometry: SeriesGeometry) -> tuple[np.ndarray, d
         raise VolsslInputError(seg_path, f"not a readable DICOM SEG ({type(err).__name__}: {err})") from err
     if str(seg.SegmentationType) != "BINARY":
         raise VolsslInputError(seg_path, f"a {seg.SegmentationType} segmentation; only BINARY ones are read as labels")
-    names = {int(s.SegmentNumber): str(getattr(s, "SegmentLabel", f"segment {s.SegmentNumber}"))
-             for s in seg.SegmentSequence}
+    names = {
+        int(s.SegmentNumber): str(getattr(s, "SegmentLabel", f"segment {s.SegmentNumber}")) for s in seg.SegmentSequence
+    }
     referenced = {str(uid) for _, _, uid in seg.get_source_image_uids()}
     known = [uid for uid in geometry.sop_instance_uids if uid in referenced]
     if not known:
         raise VolsslInputError(seg_path, "its frames reference no slice of the series it is read onto")
     try:
-        pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=known, combine_segments=True,
-                                                   skip_overlap_checks=True)
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=known, combine_segments=True, skip_overlap_checks=True
+        )
     except Exception as err:
         raise VolsslInputError(seg_path, f"cannot place its frames on the source slices ({err})") from err
     label = np.zeros(geometry.shape, dtype=np.uint8)

@@ -31,8 +31,9 @@ def tag_value(item: Mapping, tag: str, default=None):
     return values[0]
 
 
-def _request(url: str, data: bytes | None = None, headers: Mapping | None = None, method: str | None = None,
-             timeout: float = 120):
+def _request(
+    url: str, data: bytes | None = None, headers: Mapping | None = None, method: str | None = None, timeout: float = 120
+):
     req = urllib.request.Request(url, data=data, headers=dict(headers or {}), method=method)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
@@ -59,11 +60,14 @@ def store_files(url: str, files: Iterable, batch: int = BATCH) -> int:
         boundary = uuid.uuid4().hex
         parts = []
         for path in chunk:
-            parts.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes()
-                         + b"\r\n")
+            parts.append(
+                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes() + b"\r\n"
+            )
         body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                   "Accept": "application/dicom+json"}
+        headers = {
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        }
         status, answer = _request(endpoint, body, headers, method="POST")
         if status not in (200, 202):
             text = answer.decode(errors="replace")[:300]
@@ -86,8 +90,9 @@ def search(url: str, level: str = "series", filters: Mapping | None = None) -> l
     Raises:
         VolsslInputError: no server at ``url`` or an error answer.
     """
-    query = urllib.parse.urlencode({**(filters or {}), "includefield": "all"} if level != "instances"
-                                   else dict(filters or {}))
+    query = urllib.parse.urlencode(
+        {**(filters or {}), "includefield": "all"} if level != "instances" else dict(filters or {})
+    )
     endpoint = f"{url.rstrip('/')}/{level}" + (f"?{query}" if query else "")
     status, answer = _request(endpoint, headers={"Accept": "application/dicom+json"})
     if status == 204 or not answer:

@@ -26,8 +26,11 @@ from .errors import VolsslInputError
 __all__ = ["DICOMWEB_PLUGINS", "ORTHANC_BINARIES", "find_orthanc", "running", "start", "stop"]
 
 ORTHANC_BINARIES = ("/usr/sbin/Orthanc", "/usr/bin/Orthanc", "/usr/local/bin/Orthanc")
-DICOMWEB_PLUGINS = ("/usr/lib/orthanc/libOrthancDicomWeb.so", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
-                    "/usr/local/share/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB_PLUGINS = (
+    "/usr/lib/orthanc/libOrthancDicomWeb.so",
+    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
+    "/usr/local/share/orthanc/plugins/libOrthancDicomWeb.so",
+)
 INSTALL_HINT = "install Orthanc and its DICOMweb plugin: apt-get install -y orthanc orthanc-dicomweb"
 STATE = "state.json"
 
@@ -38,8 +41,11 @@ def find_orthanc() -> tuple[str, str]:
     Raises:
         VolsslInputError: either is missing (the message says what to install).
     """
-    binary = os.environ.get("VOLSSL_ORTHANC") or shutil.which("Orthanc") or next(
-        (b for b in ORTHANC_BINARIES if Path(b).is_file()), None)
+    binary = (
+        os.environ.get("VOLSSL_ORTHANC")
+        or shutil.which("Orthanc")
+        or next((b for b in ORTHANC_BINARIES if Path(b).is_file()), None)
+    )
     plugin = os.environ.get("VOLSSL_ORTHANC_DICOMWEB") or next((p for p in DICOMWEB_PLUGINS if Path(p).is_file()), None)
     if not binary or not Path(binary).is_file():
         raise VolsslInputError("Orthanc", f"not found: {INSTALL_HINT}")
@@ -59,8 +65,16 @@ def _config(storage: Path, port: int, plugin: str) -> dict:
         "AuthenticationEnabled": False,
         "DicomServerEnabled": False,  # no DICOM port: DICOMweb over HTTP only
         "Plugins": [plugin],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado",
-                     "Host": f"127.0.0.1:{port}", "Ssl": False, "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
+        "DicomWeb": {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": True,
+            "WadoRoot": "/wado",
+            "Host": f"127.0.0.1:{port}",
+            "Ssl": False,
+            "StudiesMetadata": "Full",
+            "SeriesMetadata": "Full",
+        },
         "StableAge": 2,
         "SaveJobs": False,
     }
@@ -112,10 +126,16 @@ def start(home, port: int = 8042, timeout: float = 60) -> dict:
     config.write_text(json.dumps(_config(storage, port, plugin), indent=2))
     log = storage / "orthanc.log"
     with open(log, "w") as out:
-        process = subprocess.Popen([binary, str(config)], stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True, cwd=storage)
-    state = {"pid": process.pid, "port": int(port), "storage": str(storage), "log": str(log),
-             "url": f"http://127.0.0.1:{port}/dicom-web"}
+        process = subprocess.Popen(
+            [binary, str(config)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=storage
+        )
+    state = {
+        "pid": process.pid,
+        "port": int(port),
+        "storage": str(storage),
+        "log": str(log),
+        "url": f"http://127.0.0.1:{port}/dicom-web",
+    }
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:

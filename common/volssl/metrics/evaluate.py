@@ -173,9 +173,7 @@ def _stats(values) -> dict:
 
 
 def summarize(
-    rows: Sequence[Mapping],
-    class_names: Mapping[int, str],
-    pooled_slice_dice: Sequence[float] | None = None,
+    rows: Sequence[Mapping], class_names: Mapping[int, str], pooled_slice_dice: Sequence[float] | None = None
 ) -> dict:
     """Per-class and mean-over-foreground statistics of per-case rows.
 

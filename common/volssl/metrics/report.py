@@ -40,7 +40,12 @@ def evaluate_and_report(
         the summary dict of :func:`evaluate_folder` (``files`` includes the PNG when written).
     """
     summary = evaluate_folder(
-        datalist, pred_dir, role=role, output_dir=output_dir, num_classes=num_classes, slice_axis=slice_axis,
+        datalist,
+        pred_dir,
+        role=role,
+        output_dir=output_dir,
+        num_classes=num_classes,
+        slice_axis=slice_axis,
         progress=False,
     )
     logger.info("evaluation of %s (%s):\n%s", pred_dir, role, format_summary(summary))
@@ -53,7 +58,11 @@ def evaluate_and_report(
         label, _ = load_nifti(first["label"])
         pred, _ = load_nifti(find_prediction(pred_dir, case))
         figure = plot_overlay(
-            image, label, pred, Path(output_dir) / "overlay.png", slice_axis=slice_axis,
+            image,
+            label,
+            pred,
+            Path(output_dir) / "overlay.png",
+            slice_axis=slice_axis,
             title=f"{title + ': ' if title else ''}{case}",
             class_names={int(k): entry["name"] for k, entry in summary["classes"].items()},
         )

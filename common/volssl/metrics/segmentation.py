@@ -39,12 +39,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.metrics import (
-    compute_average_surface_distance,
-    compute_dice,
-    compute_hausdorff_distance,
-    compute_iou,
-)
+from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
 
 __all__ = [
     "METRIC_KEYS",

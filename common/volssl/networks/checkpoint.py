@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
 from volssl.io.errors import VolsslInputError
 
 __all__ = [
@@ -48,8 +47,10 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataP
 
 
 def _is_state_dict(obj: object) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 

@@ -47,6 +47,10 @@ def freeze_encoder(model: nn.Module, freeze: bool = True, attribute: str = "enco
     encoder.train = types.MethodType(_stay_in_eval, encoder)
     encoder.eval()
     n = sum(p.numel() for p in encoder.parameters())
-    logger.info("froze %s.%s (%d parameters, eval mode): only the rest of the network is trained",
-                type(model).__name__, attribute, n)
+    logger.info(
+        "froze %s.%s (%d parameters, eval mode): only the rest of the network is trained",
+        type(model).__name__,
+        attribute,
+        n,
+    )
     return model
