@@ -83,6 +83,8 @@ def test_overlay_files_in_order_and_missing_named(tmp_path):
         overlay_files(tmp_path, "a.json, c.json")
 
 
+# slow: 45-80 s, and tools/label_efficiency.py --family semi (tested end to end in the default suite) supersedes this tool
+@pytest.mark.slow
 def test_compare_semisupervised_end_to_end(tmp_path):
     datalist = make_tiny_dataset(tmp_path / "data", n=6, n_labeled=2, n_val=1, n_test=1)
     tiny = {"n_filters": 4, "num_prototypes": 4, "num_classes": 4, "patch_size": [32, 32, 16], "epochs": 1,

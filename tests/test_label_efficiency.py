@@ -295,6 +295,9 @@ def test_a_protocol_made_before_min_epochs_is_continued_only_with_its_setting(tm
     label_efficiency._check_settings(tmp_path, {**now, "min_epochs": 0})  # what it ran with: accepted
 
 
+# slow (60-130 s): the default suite keeps the protocol's end-to-end test, the budget arms' names and the dry run of
+# every evidence protocol; `-m slow` runs this one
+@pytest.mark.slow
 def test_budget_curve_and_paper_recipe_on_phantoms(tmp_path):
     """One CORAL pretraining of 2 epochs kept after epochs 1 and 2, each snapshot fine-tuned under the paper recipe
     overlay (and random init), 1 labelled volume, 1 set x 1 seed: the budget table and figure, the pooled 2D Dice
