@@ -384,19 +384,7 @@ def _bundle_root(path: Path, workdir: Path) -> Path:
     return tops[0]
 
 
-def _parse_large_files(text: str) -> list[dict]:
-    """The entries of a ``large_files.yml`` as written by :func:`_large_files` (no YAML package needed)."""
-    entries, current = [], None
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("- "):
-            current = {}
-            entries.append(current)
-            stripped = stripped[2:]
-        if ":" in stripped and current is not None:
-            key, value = stripped.split(":", 1)
-            current[key.strip()] = value.strip().strip('"')
-    return entries
+_parse_large_files = zoo.read_large_files  # the entries of a large_files.yml (no YAML package needed)
 
 
 def check(path: str, public_key: str | None = None, notes: list[str] | None = None) -> list[str]:
