@@ -28,7 +28,7 @@ def test_large_files_yaml_lists_each_weight_with_url_and_sha256(tmp_path):
     entries = zoo.read_large_files(text)
     assert [e["path"] for e in entries] == ["models/model.pt", "models/model.ts"]
     assert entries[0]["url"] == "http://127.0.0.1:9/weights/model.pt"
-    assert entries[0]["hash_val"] == zoo._sha256(bundle / "models" / "model.pt")
+    assert entries[0]["hash_val"] == zoo.sha256(bundle / "models" / "model.pt")
     assert {e["hash_type"] for e in entries} == {"sha256"}
 
 

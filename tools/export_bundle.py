@@ -44,7 +44,7 @@ prints what is wrong, naming the file, and exits 2.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import os
 import shutil
@@ -100,12 +100,7 @@ def zoo_json(obj) -> str:
     return json.dumps(obj, indent=4, ensure_ascii=False) + "\n"
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256 = zoo.sha256
 
 
 def _version(dist: str) -> str:
@@ -407,25 +402,27 @@ def check(path: str, public_key: str | None = None, notes: list[str] | None = No
         present = {p.relative_to(root).as_posix() for p in _files(root)} - {MANIFEST, signing.SIGNATURE}
         for rel in sorted(set(listed) - present):
             problems.append(f"{rel}: listed in {MANIFEST} but missing")
-        large_paths = {e.get("path") for e in _parse_large_files((root / LARGE_FILES).read_text())} if (
-            root / LARGE_FILES).is_file() else set()
+        # each file hashed once, although the manifest, large_files.yml and the signature name the same weights
+        file_sha256 = functools.cache(sha256)
+        large = root / LARGE_FILES
+        large_entries = _parse_large_files(large.read_text()) if large.is_file() else None
+        large_paths = {e.get("path") for e in large_entries or []}
         for rel in sorted(present - set(listed) - large_paths):  # weights fetched for large_files.yml: its hashes
             problems.append(f"{rel}: not listed in {MANIFEST}")
         for rel in sorted(set(listed) & present):
-            if sha256(root / rel) != listed[rel]:
+            if file_sha256(root / rel) != listed[rel]:
                 problems.append(f"{rel}: sha256 differs from {MANIFEST} (the file was changed or damaged)")
-        large = root / LARGE_FILES
-        if large.is_file():
-            for entry in _parse_large_files(large.read_text()):
+        if large_entries is not None:
+            for entry in large_entries:
                 target = root / entry.get("path", "")
                 if not target.is_file():
                     problems.append(f"{entry.get('path')}: listed in {LARGE_FILES} but missing (not fetched: "
                                     "export_bundle.py fetch)")
-                elif entry.get("hash_type") == "sha256" and sha256(target) != entry.get("hash_val"):
+                elif entry.get("hash_type") == "sha256" and file_sha256(target) != entry.get("hash_val"):
                     problems.append(f"{entry.get('path')}: sha256 differs from {LARGE_FILES}")
         else:
             problems.append(f"{LARGE_FILES}: not found")
-        signature = signing.check_signature(root, MANIFEST, public_key, sha256, indexes=(LARGE_FILES,))
+        signature = signing.check_signature(root, MANIFEST, public_key, file_sha256, indexes=(LARGE_FILES,))
         problems = signature.problems + problems  # a file changed after signing is named first
         if notes is not None:
             notes.append(signature.note)

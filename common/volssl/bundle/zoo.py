@@ -47,6 +47,7 @@ __all__ = [
     "pre_commit_problems",
     "pull_request_layout",
     "read_large_files",
+    "sha256",
     "verify_bundle",
 ]
 
@@ -110,7 +111,8 @@ GLOBAL_EXCLUDE = r".*\.ipynb$"
 # -- large_files.yml ----------------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """The sha256 of a file, hex (the hash ``large_files.yml`` and the bundle manifest carry)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -137,7 +139,7 @@ def large_files_yaml(bundle_dir: str | os.PathLike, weights_url: str = "") -> st
         lines += [
             f'  - path: "models/{path.name}"',
             f'    url: "{url}"',
-            f'    hash_val: "{_sha256(path)}"',
+            f'    hash_val: "{sha256(path)}"',
             '    hash_type: "sha256"',
         ]
     return "\n".join(lines) + "\n"
